@@ -1,0 +1,148 @@
+"""The command line: `python -m fastadapt train | evaluate | classify`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+
+from .algorithms import ALGORITHMS
+from .train import DATASETS, SPLITS, TrainConfig, TrainingDiverged
+
+# Defaults that depend on the algorithm and dataset (MAML paper settings for Omniglot 5-way).
+DEFAULTS = {
+    ("omniglot", "maml"): dict(inner_lr=0.4, inner_steps=1, meta_lr=1e-3),
+    ("omniglot", "fomaml"): dict(inner_lr=0.4, inner_steps=1, meta_lr=1e-3),
+    ("omniglot", "anil"): dict(inner_lr=0.4, inner_steps=1, meta_lr=1e-3),
+    ("omniglot", "metasgd"): dict(inner_lr=0.4, inner_steps=1, meta_lr=1e-3),
+    ("omniglot", "reptile"): dict(inner_lr=0.1, inner_steps=5, meta_lr=1.0),
+    ("omniglot", "protonet"): dict(inner_lr=0.4, inner_steps=0, meta_lr=1e-3),
+    ("sinusoid", None): dict(inner_lr=0.01, inner_steps=1, meta_lr=1e-3, n_query=10, k_shot=10, meta_batch_size=25),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fastadapt", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="meta-train a model")
+    train.add_argument("--algo", choices=sorted(ALGORITHMS), default="maml")
+    train.add_argument("--dataset", choices=DATASETS, default="omniglot")
+    train.add_argument("--split", choices=SPLITS, default="vinyals")
+    for name in ("n_way", "k_shot", "n_query", "meta_batch_size", "inner_steps", "iterations", "seed",
+                 "eval_inner_steps", "val_every", "val_tasks", "log_every", "checkpoint_every"):
+        train.add_argument("--" + name.replace("_", "-"), type=int)
+    for name in ("inner_lr", "meta_lr"):
+        train.add_argument("--" + name.replace("_", "-"), type=float)
+    train.add_argument("--first-order", action="store_true", help="first-order inner loop (maml, anil, metasgd)")
+    train.add_argument("--out", required=True, help="folder for checkpoint.pt, metrics.jsonl, config.json")
+    train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    train.add_argument("--data", help="Omniglot folder (default: $FASTADAPT_DATA, else download)")
+
+    evaluate = commands.add_parser("evaluate", help="accuracy on new test tasks, with a 95%% interval")
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--tasks", type=int, default=1000)
+    evaluate.add_argument("--n-way", type=int)
+    evaluate.add_argument("--k-shot", type=int)
+    evaluate.add_argument("--n-query", type=int)
+    evaluate.add_argument("--inner-steps", type=int)
+    evaluate.add_argument("--split", choices=SPLITS)
+    evaluate.add_argument("--part", choices=("val", "test"), default="test")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--data", help="Omniglot folder (default: $FASTADAPT_DATA, else download)")
+
+    classify = commands.add_parser("classify", help="adapt to your own few-shot task given as image folders")
+    classify.add_argument("--checkpoint", required=True)
+    classify.add_argument("--support", required=True, help="one sub-folder of images per class")
+    classify.add_argument("--query", required=True, help="images to classify")
+    classify.add_argument("--inner-steps", type=int)
+    classify.add_argument("--device", default="auto")
+    return parser
+
+
+def _train(args) -> None:
+    from .train import train
+
+    settings = dict(DEFAULTS.get((args.dataset, args.algo), DEFAULTS.get((args.dataset, None), {})))
+    settings.update(algo=args.algo, dataset=args.dataset, split=args.split, first_order=args.first_order)
+    for f in fields(TrainConfig):
+        value = getattr(args, f.name, None)
+        if value is not None and f.name not in ("algo", "dataset", "split", "first_order"):
+            settings[f.name] = value
+    config = TrainConfig(**settings)
+    data = None
+    if args.data:
+        from .data import load_omniglot
+
+        data = load_omniglot(root=args.data)
+    try:
+        train(config, args.out, resume=args.resume, device=args.device, data=data)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    print(json.dumps({"out": args.out, "iterations": config.iterations}))
+
+
+def _evaluate(args) -> None:
+    from .evaluate import evaluate
+    from .train import load_checkpoint, pick_device, task_source
+
+    device = pick_device(args.device)
+    config, algorithm, params = load_checkpoint(args.checkpoint, device)
+    n_way = args.n_way or config.n_way
+    if config.dataset == "omniglot" and config.algo != "protonet" and n_way != config.n_way:
+        raise ValueError(
+            f"--n-way {n_way} but this {config.algo} model has a {config.n_way}-way head; "
+            f"evaluate with --n-way {config.n_way} or train a {n_way}-way model."
+        )
+    if args.split:
+        config.split = args.split
+    data = None
+    if args.data:
+        from .data import load_omniglot
+
+        data = load_omniglot(root=args.data)
+    sample = task_source(config, args.part, device, n_way=n_way, k_shot=args.k_shot, n_query=args.n_query, data=data)
+    steps = args.inner_steps if args.inner_steps is not None else config.eval_inner_steps
+    print(json.dumps(evaluate(algorithm, params, sample, tasks=args.tasks, seed=args.seed, inner_steps=steps)))
+
+
+def _classify(args) -> None:
+    from .images import load_query_folder, load_support_folder
+    from .train import load_checkpoint, pick_device
+
+    device = pick_device(args.device)
+    config, algorithm, params = load_checkpoint(args.checkpoint, device)
+    if config.dataset != "omniglot":
+        raise ValueError(f"{args.checkpoint} is a {config.dataset} model; classify needs an Omniglot image model.")
+    x_support, y_support, names = load_support_folder(args.support)
+    x_query, files = load_query_folder(args.query)
+    if config.algo != "protonet" and len(names) != config.n_way:
+        raise ValueError(
+            f"The support folder has {len(names)} classes but this {config.algo} model is {config.n_way}-way; "
+            f"give exactly {config.n_way} class folders, or use a protonet checkpoint (any number of classes)."
+        )
+    steps = args.inner_steps if args.inner_steps is not None else config.eval_inner_steps
+    outputs = algorithm.predict(params, x_support[None].to(device), y_support[None].to(device),
+                                x_query[None].to(device), steps)  # (1, queries, n_way)
+    for file, label in zip(files, outputs[0].argmax(-1).tolist()):
+        print(json.dumps({"file": str(file), "label": names[label]}))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `python -m fastadapt` and the `fastadapt` script."""
+    args = _parser().parse_args(argv)
+    command = {"train": _train, "evaluate": _evaluate, "classify": _classify}[args.command]
+    try:
+        command(args)
+    except (ValueError, FileNotFoundError, FileExistsError, TrainingDiverged) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as err:  # dataset problems and the like: one line, no traceback
+        from .data import DatasetError
+
+        if isinstance(err, DatasetError):
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        raise

@@ -1,0 +1,43 @@
+"""Evaluation: mean accuracy (or MSE) over many new tasks with a 95% confidence interval."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .algorithms import MetaLearner
+from .core import accuracy
+
+
+def confidence_interval(values: torch.Tensor) -> float:
+    """Half-width of the 95% interval of the mean: 1.96 * std / sqrt(n) (sample std)."""
+    n = values.numel()
+    return float(1.96 * values.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+
+
+def evaluate(algorithm: MetaLearner, params: dict, sample_tasks, tasks: int = 1000, seed: int = 0,
+             inner_steps: int | None = None, batch: int = 25, progress: bool = True) -> dict:
+    """Adapt to `tasks` new tasks drawn by sample_tasks(n, seed) and score each on its query set."""
+    from tqdm.auto import tqdm
+
+    if tasks < 1:
+        raise ValueError(f"tasks must be a positive integer, got {tasks!r}.")
+    scores, n_way, k_shot = [], None, None
+    params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    for start in tqdm(range(0, tasks, batch), desc="evaluating", disable=not progress, leave=False):
+        size = min(batch, tasks - start)
+        episode = sample_tasks(size, seed * 1_000_003 + start + 7_919)
+        with torch.no_grad():
+            outputs = algorithm.predict(params, episode.x_support, episode.y_support, episode.x_query, inner_steps)
+        if episode.y_query.is_floating_point():
+            scores.append((outputs - episode.y_query).pow(2).flatten(1).mean(1).cpu())  # (size,) MSE per task
+        else:
+            scores.append(accuracy(outputs, episode.y_query).cpu())  # (size,)
+            n_way = int(episode.y_support.max()) + 1
+            k_shot = episode.y_support.shape[1] // n_way
+    scores = torch.cat(scores).double()
+    steps = algorithm.inner_steps if inner_steps is None else inner_steps
+    if n_way is None:
+        return {"mse": float(scores.mean()), "ci95": confidence_interval(scores), "tasks": tasks, "inner_steps": steps}
+    return {"accuracy": float(scores.mean()), "ci95": confidence_interval(scores), "tasks": tasks,
+            "n_way": n_way, "k_shot": k_shot, "inner_steps": steps}
