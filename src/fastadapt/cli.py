@@ -6,6 +6,8 @@ import json
 import sys
 from dataclasses import fields
 
+import torch
+
 from .algorithms import ALGORITHMS
 from .train import DATASETS, SPLITS, TrainConfig, TrainingDiverged
 
@@ -63,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> None:
-    from .train import train
+    from .train import init_distributed, train
 
     settings = dict(DEFAULTS.get((args.dataset, args.algo), DEFAULTS.get((args.dataset, None), {})))
     settings.update(algo=args.algo, dataset=args.dataset, split=args.split, first_order=args.first_order)
@@ -77,10 +79,14 @@ def _train(args) -> None:
         from .data import load_omniglot
 
         data = load_omniglot(root=args.data)
+    device = init_distributed(args.device)
     try:
-        train(config, args.out, resume=args.resume, device=args.device, data=data)
+        train(config, args.out, resume=args.resume, device=device, data=data)
     except KeyboardInterrupt:
         sys.exit(130)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     print(json.dumps({"out": args.out, "iterations": config.iterations}))
 
 

@@ -193,6 +193,17 @@ class TrainingDiverged(RuntimeError):
     """The meta-loss became NaN or infinite."""
 
 
+def init_distributed(device: str | None = None) -> torch.device:
+    """Join the torchrun process group (gloo on CPU, NCCL on GPUs) when WORLD_SIZE > 1; returns this rank's device."""
+    device = pick_device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
 def _distributed() -> tuple[int, int]:
     """(rank, world size) of torch.distributed, or (0, 1) when it is not in use."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
