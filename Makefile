@@ -9,7 +9,6 @@ SHARED_DATA := $(abspath ../shared/data/omniglot)
 ifneq ($(wildcard $(SHARED_DATA)/images_background.zip),)
 export FASTADAPT_DATA ?= $(SHARED_DATA)
 endif
-export MPLBACKEND := Agg
 
 .PHONY: book test venv bench clean
 

@@ -46,6 +46,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FASTADAPT_CACHE", Path.home() / ".cache" / "fastadapt")).expanduser()
 
 
+def cache_file() -> Path:
+    """The preprocessed 28x28 tensor file inside cache_dir()."""
+    return cache_dir() / f"omniglot28_v{CACHE_VERSION}.pt"
+
+
 def md5sum(path: Path) -> str:
     """MD5 hex digest of a file."""
     digest = hashlib.md5()
@@ -205,7 +210,7 @@ def save_atomic(obj, path: Path) -> None:
 
 def load_omniglot(root: str | Path | None = None, cache: str | Path | None = None, download: bool = True) -> Omniglot:
     """Omniglot as a tensor: loaded from the cache file, or preprocessed once and cached."""
-    cache = Path(cache) if cache is not None else cache_dir() / f"omniglot28_v{CACHE_VERSION}.pt"
+    cache = Path(cache) if cache is not None else cache_file()
     if cache.exists():
         try:
             blob = torch.load(cache, weights_only=True)

@@ -76,13 +76,13 @@ class EpisodeSampler:
             )
         generator = make_generator(seed)
         shots = k_shot + n_query
-        # Classes: the n_way smallest of a random key per class, per task.
-        classes = torch.rand(tasks, self.n_classes, generator=generator).argsort(dim=1)[:, :n_way]  # (tasks, n_way)
+        # Classes: the n_way largest of a random key per class, per task (a uniform random subset).
+        classes = torch.rand(tasks, self.n_classes, generator=generator).topk(n_way, dim=1).indices  # (tasks, n_way)
         counts = self.counts[classes]  # (tasks, n_way)
         if shots > int(counts.min()):
             raise ValueError(
                 f"k_shot + n_query = {k_shot} + {n_query} = {shots} but some classes have only "
-                f"{int(self.counts.min())} examples; lower k_shot or n_query so they sum to at most that."
+                f"{int(counts.min())} examples; lower k_shot or n_query so they sum to at most that."
             )
         # Examples: the first `shots` of a random permutation within each class (ragged classes masked).
         longest = int(self.counts.max())
