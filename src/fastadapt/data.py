@@ -5,6 +5,7 @@ import hashlib
 import io
 import os
 import time
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,10 +61,25 @@ def md5sum(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _fetch(url: str, path: Path) -> None:
+    """Stream url into path through a .part file, so an interrupted download leaves nothing behind."""
+    from tqdm.auto import tqdm
+
+    part = path.with_name(path.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
+            size = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=size, unit="B", unit_scale=True, desc=path.name, leave=False) as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    bar.update(len(block))
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
+
+
 def download_omniglot(dest: Path, base_url: str = OMNIGLOT_URL, md5: dict[str, str] | None = None) -> Path:
     """Download the two official Omniglot archives into dest and check their MD5s."""
-    from torchvision.datasets.utils import download_url
-
     md5 = OMNIGLOT_MD5 if md5 is None else md5
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -72,8 +88,8 @@ def download_omniglot(dest: Path, base_url: str = OMNIGLOT_URL, md5: dict[str, s
         if archive.exists() and md5sum(archive) == md5[subset]:
             continue
         try:
-            download_url(f"{base_url}/{subset}.zip", str(dest), filename=archive.name, md5=None)
-        except Exception as err:  # no network, HTTP error, ...
+            _fetch(f"{base_url}/{subset}.zip", archive)
+        except (OSError, ValueError) as err:  # no network, HTTP error, bad URL, ...
             raise DatasetError(
                 f"Could not download {base_url}/{subset}.zip ({err}). Download the two Omniglot archives "
                 f"by hand into a folder and set FASTADAPT_DATA to it."

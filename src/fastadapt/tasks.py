@@ -74,16 +74,16 @@ class EpisodeSampler:
             raise ValueError(
                 f"n_way={n_way} but only {self.n_classes} classes are available; choose n_way <= {self.n_classes}."
             )
-        generator = make_generator(seed)
         shots = k_shot + n_query
+        if shots > int(self.counts.min()):
+            raise ValueError(
+                f"k_shot + n_query = {k_shot} + {n_query} = {shots} but the smallest class has only "
+                f"{int(self.counts.min())} examples; lower k_shot or n_query so they sum to at most that."
+            )
+        generator = make_generator(seed)
         # Classes: the n_way largest of a random key per class, per task (a uniform random subset).
         classes = torch.rand(tasks, self.n_classes, generator=generator).topk(n_way, dim=1).indices  # (tasks, n_way)
         counts = self.counts[classes]  # (tasks, n_way)
-        if shots > int(counts.min()):
-            raise ValueError(
-                f"k_shot + n_query = {k_shot} + {n_query} = {shots} but some classes have only "
-                f"{int(counts.min())} examples; lower k_shot or n_query so they sum to at most that."
-            )
         # Examples: the first `shots` of a random permutation within each class (ragged classes masked).
         longest = int(self.counts.max())
         keys = torch.rand(tasks, n_way, longest, generator=generator)  # (tasks, n_way, longest)
