@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("k_shot", type=int)
     parser.add_argument("--split", choices=("vinyals", "lake"), default="vinyals")
     parser.add_argument("--iterations", type=int, help="override the paper's iteration count")
+    parser.add_argument("--meta-batch-size", type=int, help="override the paper's meta-batch size")
     parser.add_argument("--tasks", type=int, default=1000, help="test tasks (the papers use 600 to 1,000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
@@ -68,6 +69,8 @@ def main() -> None:
     settings = PROTOCOLS[args.algo](args.n_way, args.k_shot)
     if args.iterations:
         settings["iterations"] = args.iterations
+    if args.meta_batch_size:
+        settings["meta_batch_size"] = args.meta_batch_size
     name = f"{args.algo}-{args.n_way}w{args.k_shot}s" + ("-lake" if args.split == "lake" else "")
     run_dir = Path(args.out) / name
     config = TrainConfig(algo=args.algo, split=args.split, n_way=TRAIN_WAYS.get(args.algo, args.n_way),
@@ -82,6 +85,7 @@ def main() -> None:
     result = evaluate(algorithm, params, sample, tasks=args.tasks, seed=args.seed,
                       inner_steps=config.eval_inner_steps)
     result.update(algorithm=args.algo, split=args.split, seed=args.seed, iterations=config.iterations,
+                  meta_batch_size=config.meta_batch_size, train_n_way=config.n_way,
                   device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   wall_time_s=round(wall_time, 1), commit=git_commit(),
                   command=shlex.join([Path(sys.executable).name, *sys.argv]),

@@ -94,9 +94,12 @@ def _evaluate(args) -> None:
     from .evaluate import evaluate
     from .train import load_checkpoint, pick_device, task_source
 
+    for name in ("n_way", "k_shot", "n_query"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {getattr(args, name)}.")
     device = pick_device(args.device)
     config, algorithm, params = load_checkpoint(args.checkpoint, device)
-    n_way = args.n_way or config.n_way
+    n_way = config.n_way if args.n_way is None else args.n_way
     if config.dataset == "omniglot" and config.algo != "protonet" and n_way != config.n_way:
         raise ValueError(
             f"--n-way {n_way} but this {config.algo} model has a {config.n_way}-way head; "

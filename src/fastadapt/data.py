@@ -220,8 +220,11 @@ def save_atomic(obj, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when torch.save or os.replace failed
 
 
 def load_omniglot(root: str | Path | None = None, cache: str | Path | None = None, download: bool = True) -> Omniglot:

@@ -22,6 +22,9 @@ def evaluate(algorithm: MetaLearner, params: dict, sample_tasks, tasks: int = 10
 
     if tasks < 1:
         raise ValueError(f"tasks must be a positive integer, got {tasks!r}.")
+    if inner_steps is not None and (not isinstance(inner_steps, int) or isinstance(inner_steps, bool)
+                                    or inner_steps < 0):
+        raise ValueError(f"inner_steps must be 0 or more, got {inner_steps!r}.")
     scores, n_way, k_shot = [], None, None
     params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     for start in tqdm(range(0, tasks, batch), desc="evaluating", disable=not progress, leave=False):

@@ -102,3 +102,118 @@ def plot_sinusoids(tasks, n_tasks: int = 4, x_range: tuple[float, float] = (-5.0
            title=title or f"{n_tasks} sinusoid tasks, K={x_support.shape[1]} support points each (dots)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
+
+
+def _sequential_colors(n: int, cmap: str = "viridis") -> list:
+    """n colours from light-to-dark along a colormap (the first is the lightest)."""
+    return [plt.get_cmap(cmap)(0.85 - 0.75 * i / max(n - 1, 1)) for i in range(n)]
+
+
+def plot_fits(grid: torch.Tensor, truth: torch.Tensor, fits: dict, x_support: torch.Tensor, y_support: torch.Tensor,
+              title: str | None = None):
+    """Fitted regression curves next to the truth, one panel per starting point.
+
+    grid, truth: (points,) or (points, 1); fits: {panel title: {curve label: (points,) predictions}},
+    e.g. {"MAML": {"0 steps": ..., "1 step": ..., "10 steps": ...}, ...}; x_support, y_support: the
+    K points the curves were fitted on, drawn as black dots in every panel.
+    """
+    grid, truth = grid.detach().cpu().flatten(), truth.detach().cpu().flatten()
+    x_support, y_support = x_support.detach().cpu().flatten(), y_support.detach().cpu().flatten()
+    fig, axes = plt.subplots(1, len(fits), figsize=(4.2 * len(fits), 3.4), sharey=True, squeeze=False,
+                             layout="constrained")
+    for ax, (name, curves) in zip(axes[0], fits.items()):
+        ax.plot(grid, truth, color="black", lw=2.5, alpha=0.35, label="truth")
+        for color, (label, curve) in zip(_sequential_colors(len(curves)), curves.items()):
+            ax.plot(grid, curve.detach().cpu().flatten(), color=color, lw=1.6, label=label)
+        ax.scatter(x_support, y_support, color="black", s=22, zorder=3, label=f"K={len(x_support)} points")
+        ax.set(title=name, xlabel="x", xlim=(float(grid.min()), float(grid.max())))
+    axes[0, 0].set_ylabel("y")
+    axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def plot_adaptation_curves(curves: dict, ylabel: str, ci: dict | None = None, chance: float | None = None,
+                           log: bool = False, title: str | None = None, ax=None):
+    """A score against the number of inner steps (0, 1, 2, ...), one line per starting point.
+
+    curves: {name: (steps + 1,) mean scores}; ci: {name: (steps + 1,) 95% half-widths}, drawn as bands;
+    chance: a horizontal reference line (e.g. 1 / n_way for accuracy); log: logarithmic y axis.
+    """
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
+    else:
+        fig = ax.figure
+    for i, (name, values) in enumerate(curves.items()):
+        values = torch.as_tensor(values).detach().cpu().double()
+        steps = torch.arange(len(values))
+        line, = ax.plot(steps, values, marker="o", ms=4, lw=1.6, color=plt.cm.tab10(i % 10), label=name)
+        if ci is not None and name in ci:
+            half = torch.as_tensor(ci[name]).detach().cpu().double()
+            ax.fill_between(steps, values - half, values + half, color=line.get_color(), alpha=0.2, lw=0)
+    if chance is not None:
+        ax.axhline(chance, color="gray", ls="--", lw=1, label=f"chance ({chance:.2f})")
+    if log:
+        ax.set_yscale("log")
+    ax.set(xlabel="inner gradient steps on the support set", ylabel=ylabel, title=title)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=8, frameon=False)
+    return fig
+
+
+def _moving_average(values: torch.Tensor, window: int) -> torch.Tensor:
+    """Mean of the last `window` values at every position (shorter at the start)."""
+    cumulative = torch.cat([torch.zeros(1, dtype=values.dtype), values.cumsum(0)])  # (n + 1,)
+    ends = torch.arange(1, len(values) + 1)
+    starts = (ends - window).clamp(min=0)
+    return (cumulative[ends] - cumulative[starts]) / (ends - starts)
+
+
+def plot_learning_curves(runs: dict, keys: tuple[str, ...] = ("loss", "accuracy"), smooth: int = 1,
+                         title: str | None = None):
+    """Meta-training curves: one panel per metric key, one line per run.
+
+    runs: {name: records} with records as returned by fastadapt.train.read_metrics (dicts with
+    "iteration" and the metric keys); smooth: moving-average window over the logged records.
+    """
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.5), squeeze=False, layout="constrained")
+    for ax, key in zip(axes[0], keys):
+        for i, (name, records) in enumerate(runs.items()):
+            records = [r for r in records if key in r]
+            if not records:
+                continue
+            iterations = torch.tensor([r["iteration"] for r in records])
+            values = _moving_average(torch.tensor([float(r[key]) for r in records], dtype=torch.float64), smooth)
+            ax.plot(iterations, values, lw=1.6, color=plt.cm.tab10(i % 10), label=name)
+        ax.set(xlabel="meta-iteration", ylabel=f"meta-training {key}" + (f" (mean of {smooth} logs)" if smooth > 1 else ""))
+    axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def plot_meta_cost(rows: list[dict], time_label: str = "seconds per meta-iteration",
+                   memory_label: str = "peak memory (MiB)", title: str | None = None):
+    """Grouped bars of time and memory per meta-iteration: one group per inner_steps, one bar per method.
+
+    rows: dicts with keys "method", "inner_steps", "seconds" and "memory_mib".
+    """
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    steps = sorted({r["inner_steps"] for r in rows})
+    width = 0.8 / len(methods)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
+    for ax, key, label in zip(axes, ("seconds", "memory_mib"), (time_label, memory_label)):
+        for i, method in enumerate(methods):
+            values = [next((r[key] for r in rows if r["method"] == method and r["inner_steps"] == s), float("nan"))
+                      for s in steps]
+            positions = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(steps))]
+            bars = ax.bar(positions, values, width, color=plt.cm.tab10(i % 10), label=method)
+            ax.bar_label(bars, fmt="%.3g", fontsize=8, padding=2)
+        ax.set_xticks(range(len(steps)), [f"{s} inner step{'s' if s != 1 else ''}" for s in steps])
+        ax.set_ylabel(label)
+        ax.margins(y=0.15)
+    axes[0].legend(fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig

@@ -72,11 +72,12 @@ def check_config(c: TrainConfig) -> None:
         value = getattr(c, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    for name in ("inner_steps", "val_every"):
-        if getattr(c, name) < 0:
-            raise ValueError(f"{name} must be 0 or more, got {getattr(c, name)!r}.")
-    if c.eval_inner_steps is not None and c.eval_inner_steps < 0:
-        raise ValueError(f"eval_inner_steps must be 0 or more, got {c.eval_inner_steps!r}.")
+    for name in ("inner_steps", "val_every", "eval_inner_steps"):
+        value = getattr(c, name)
+        if name == "eval_inner_steps" and value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be 0 or more, got {value!r}.")
     for name in ("inner_lr", "meta_lr"):
         value = getattr(c, name)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -161,8 +162,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = "cpu")
 
 
 def _same_run(saved: dict, config: TrainConfig) -> list[str]:
-    """Config keys that differ between a checkpoint and a run (iterations and logging may change)."""
-    free = {"iterations", "val_every", "val_tasks", "log_every", "checkpoint_every"}
+    """Config keys that differ between a checkpoint and a run (iterations, logging and meta_lr may change)."""
+    free = {"iterations", "val_every", "val_tasks", "log_every", "checkpoint_every", "meta_lr"}
     return [k for k, v in asdict(config).items() if k not in free and saved.get(k) != v]
 
 
@@ -272,6 +273,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, device: st
             for k, p in params.items():
                 p.copy_(blob["params"][k])
         optimizer.load_state_dict(blob["optimizer"])
+        for group in optimizer.param_groups:  # a resumed run may lower the meta-learning rate (after NaN, say)
+            group["lr"] = config.meta_lr
         start = blob["iteration"]
     elif checkpoint_path.exists() and not resume:
         raise FileExistsError(f"{checkpoint_path} exists; pass resume=True (--resume) to continue it or use another folder.")
@@ -305,7 +308,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, device: st
                 except TrainingDiverged as err:
                     raise TrainingDiverged(
                         f"Training stopped at iteration {iteration + 1}: {err}. The last good checkpoint "
-                        f"({checkpoint_path}) was kept; lower --meta-lr or --inner-lr and resume."
+                        f"({checkpoint_path}) was kept; resume with a lower --meta-lr, or start again with a "
+                        "lower --inner-lr."
                     ) from None
                 done = iteration + 1
                 record = {"iteration": done, **metrics}
@@ -334,7 +338,14 @@ def _truncate_metrics(path: Path, iteration: int) -> None:
     """Drop metric lines written after the checkpoint we resume from (so a resumed log equals an uninterrupted one)."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["iteration"] <= iteration]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by a crash in the middle of a write
+            continue
+        if record["iteration"] <= iteration:
+            kept.append(line)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)

@@ -1,6 +1,7 @@
 """What every algorithm shares: the model, the inner-loop settings, one meta-gradient per batch."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +24,13 @@ class MetaLearner:
     first_order: bool = False
     vectorize: bool | None = None  # None: vmap on GPU, loop on CPU
     name: str = field(default="maml", init=False)
+
+    def __post_init__(self):
+        steps, lr = self.inner_steps, self.inner_lr
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise ValueError(f"inner_steps must be 0 or more, got {steps!r}.")
+        if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"inner_lr must be a positive number, got {lr!r}.")
 
     def init_params(self) -> Params:
         """The meta-parameters to learn, as fresh leaf tensors."""
