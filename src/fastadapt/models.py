@@ -1,25 +1,45 @@
 """Models: the 4-layer convolutional networks of MAML and Prototypical Networks, and the sinusoid MLP.
 
-BatchNorm follows the MAML paper: it always normalises with the statistics of the batch it sees
-(track_running_stats=False), so each task's support set and query set are normalised with their
-own statistics, and there are no running averages to go stale. model.eval() changes nothing for
-these layers; a network built with PyTorch's default BatchNorm would, in eval(), use running
-averages that meta-training never kept meaningful, and drop to chance accuracy.
+BatchNorm follows the MAML paper: it always normalises with the statistics of the batch it sees,
+so each task's support set and query set are normalised with their own statistics, and there are
+no running averages to go stale. model.eval() changes nothing for these layers; a network built
+with PyTorch's default BatchNorm would, in eval(), use running averages that meta-training never
+kept meaningful, and drop to chance accuracy.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over (batch, H, W) with batch statistics only, as in MAML (no running averages).
+
+    The affine part is written out instead of passed to F.batch_norm: under vmap with per-task
+    weights, batch_norm's own backward rule gives wrong second-order gradients (pytorch/functorch#534).
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, C, H, W) -> normalised with this batch's statistics, then scaled and shifted."""
+        x = F.batch_norm(x, None, None, training=True, eps=self.eps)  # (batch, C, H, W)
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
 
 
 def conv_block(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential:
     """3x3 conv (stride 2, or stride 1 + 2x2 max-pool) -> per-batch BatchNorm -> ReLU."""
     if pool:
         layers = [nn.Conv2d(in_channels, out_channels, 3, padding=1),
-                  nn.BatchNorm2d(out_channels, track_running_stats=False), nn.ReLU(), nn.MaxPool2d(2)]
+                  BatchNorm(out_channels), nn.ReLU(), nn.MaxPool2d(2)]
     else:
         layers = [nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1),
-                  nn.BatchNorm2d(out_channels, track_running_stats=False), nn.ReLU()]
+                  BatchNorm(out_channels), nn.ReLU()]
     return nn.Sequential(*layers)
 
 

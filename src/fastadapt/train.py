@@ -145,7 +145,8 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ValueError(f"Checkpoint {path} is damaged or not a fastadapt checkpoint ({err}).") from err
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"Checkpoint {path} is damaged or not a fastadapt checkpoint ({reason}).") from err
     if not isinstance(blob, dict) or blob.get("version") != CHECKPOINT_VERSION or "params" not in blob:
         raise ValueError(f"Checkpoint {path} is not a fastadapt checkpoint of version {CHECKPOINT_VERSION}.")
     return blob
