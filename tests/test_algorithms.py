@@ -18,14 +18,6 @@ from fastadapt.train import TrainConfig, build_algorithm, build_model, meta_step
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small problems: one thread is faster, and much faster on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def random_episode(tasks=3, n_way=5, k_shot=1, n_query=2, seed=0, dtype=torch.float32) -> Episode:
     gen = torch.Generator().manual_seed(seed)

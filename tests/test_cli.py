@@ -79,13 +79,6 @@ def make_folders(omniglot, root: Path) -> dict:
     return {"support": support, "query": query, "expected": expected, "images": images}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def runs(omniglot, tmp_path_factory):

@@ -8,14 +8,6 @@ from torch.func import functional_call
 from fastadapt.core import accuracy, adapt, batched_loss, batched_query_outputs, maml_loss_reference
 from fastadapt.models import BatchNorm, Conv4, mlp, params_of
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These are small problems: one thread is faster, and much faster on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def conv_problem(dtype=torch.float32, tasks=3, hidden=8, seed=0):
     """A small Conv4 and random 5-way 1-shot tasks of 28x28 images, 2 query points per class."""

@@ -11,13 +11,6 @@ SETTINGS = dict(n_way=5, k_shot=1, n_query=1, meta_batch_size=2, inner_steps=1, 
                 val_tasks=2, log_every=1, checkpoint_every=3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def without_time(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "time_s"} for r in records]

@@ -30,14 +30,6 @@ TINY = dict(algo="fomaml", n_way=5, k_shot=1, n_query=1, meta_batch_size=2, inne
             log_every=1, checkpoint_every=1, seed=7)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread, as in the subprocesses (OMP_NUM_THREADS=1), so CPU results are bitwise comparable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny(**changes) -> TrainConfig:
     return TrainConfig(**{**TINY, **changes})
