@@ -245,3 +245,20 @@ def test_short_sinusoid_maml_lowers_the_mse(tmp_path):
     mse_after = evaluate(algorithm, params, sample, tasks=100, progress=False)["mse"]
     print(f"sinusoid MSE {mse_before:.3f} -> {mse_after:.3f}")
     assert mse_after < 0.75 * mse_before  # measured: 3.71 -> 2.11
+
+
+def test_predict_queries_non_transductive_is_independent_of_other_queries():
+    """By default each query is classified in a batch with the support set only (no query sees another)."""
+    from fastadapt.evaluate import predict_queries
+
+    torch.manual_seed(0)
+    model = Conv4(n_way=5, hidden=8)
+    maml = make_algorithm("maml", model, inner_lr=0.4, inner_steps=1)
+    params = maml.init_params()
+    episode = random_episode(tasks=1, n_way=5, k_shot=1, n_query=3)
+    xs, ys, xq = episode.x_support[0], episode.y_support[0], episode.x_query[0]
+    together = predict_queries(maml, params, xs, ys, xq)  # (15, 5)
+    alone = torch.cat([predict_queries(maml, params, xs, ys, xq[i:i + 1]) for i in range(3)])  # (3, 5)
+    torch.testing.assert_close(together[:3], alone, rtol=1e-4, atol=1e-5)
+    transductive = predict_queries(maml, params, xs, ys, xq, transductive=True)  # (15, 5)
+    assert not torch.allclose(transductive, together, atol=1e-3)  # query statistics do change the outputs

@@ -78,7 +78,7 @@ def test_train_config_accepts_the_limits(changes):
     TrainConfig(**changes)
 
 
-@pytest.mark.parametrize("changes", [dict(inner_steps=1.5), dict(inner_steps=None), dict(eval_inner_steps=0.5)])
+@pytest.mark.parametrize("changes", [dict(inner_steps=1.5), dict(inner_steps="1"), dict(eval_inner_steps=0.5)])
 def test_train_config_refuses_non_integer_step_counts(changes):
     name, value = next(iter(changes.items()))
     with pytest.raises(ValueError, match=re.escape(f"{name} must be 0 or more, got {value!r}")):

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from fastadapt.data import omniglot_classes
+from fastadapt.evaluate import predict_queries
 from fastadapt.images import load_image, load_query_folder, load_support_folder
 from fastadapt.train import TrainConfig, load_checkpoint, train
 
@@ -222,8 +223,11 @@ def test_classify_prints_a_label_per_query_image(runs):
     x_support, y_support, names = load_support_folder(folders["support"])
     x_query, files = load_query_folder(folders["query"])
     with torch.no_grad():
-        logits = algorithm.predict(params, x_support[None], y_support[None], x_query[None])  # (1, 20, 5)
-    assert [{"file": str(f), "label": names[i]} for f, i in zip(files, logits[0].argmax(-1).tolist())] == records
+        logits = predict_queries(algorithm, params, x_support, y_support, x_query)  # (20, 5)
+    assert [{"file": str(f), "label": names[i]} for f, i in zip(files, logits.argmax(-1).tolist())] == records
+    # the default classifies each query with the support set only: one query alone gets the same answer
+    alone = predict_queries(algorithm, params, x_support, y_support, x_query[:1])  # (1, 5)
+    torch.testing.assert_close(alone[0], logits[0], rtol=1e-4, atol=1e-4)
 
 
 def test_images_are_converted_to_omniglot_polarity_and_size(runs):

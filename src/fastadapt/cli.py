@@ -11,16 +11,8 @@ import torch
 from .algorithms import ALGORITHMS
 from .train import DATASETS, SPLITS, TrainConfig, TrainingDiverged
 
-# Defaults that depend on the algorithm and dataset (MAML paper settings for Omniglot 5-way).
-DEFAULTS = {
-    ("omniglot", "maml"): dict(inner_lr=0.4, inner_steps=1, meta_lr=1e-3),
-    ("omniglot", "fomaml"): dict(inner_lr=0.4, inner_steps=1, meta_lr=1e-3),
-    ("omniglot", "anil"): dict(inner_lr=0.4, inner_steps=1, meta_lr=1e-3),
-    ("omniglot", "metasgd"): dict(inner_lr=0.4, inner_steps=1, meta_lr=1e-3),
-    ("omniglot", "reptile"): dict(inner_lr=0.1, inner_steps=5, meta_lr=1.0),
-    ("omniglot", "protonet"): dict(inner_lr=0.4, inner_steps=0, meta_lr=1e-3),
-    ("sinusoid", None): dict(inner_lr=0.01, inner_steps=1, meta_lr=1e-3, n_query=10, k_shot=10, meta_batch_size=25),
-}
+# The sinusoid experiment of the MAML paper: 10-shot regression, meta-batch 25 (rates: TrainConfig's defaults).
+SINUSOID_DEFAULTS = dict(k_shot=10, n_query=10, meta_batch_size=25)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     classify.add_argument("--support", required=True, help="one sub-folder of images per class")
     classify.add_argument("--query", required=True, help="images to classify")
     classify.add_argument("--inner-steps", type=int)
+    classify.add_argument("--transductive", action="store_true",
+                          help="classify all query images in one batch (BatchNorm statistics shared across queries)")
     classify.add_argument("--device", default="auto")
     return parser
 
@@ -67,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args) -> None:
     from .train import init_distributed, train
 
-    settings = dict(DEFAULTS.get((args.dataset, args.algo), DEFAULTS.get((args.dataset, None), {})))
+    settings = dict(SINUSOID_DEFAULTS) if args.dataset == "sinusoid" else {}
     settings.update(algo=args.algo, dataset=args.dataset, split=args.split, first_order=args.first_order)
     for f in fields(TrainConfig):
         value = getattr(args, f.name, None)
@@ -105,8 +99,11 @@ def _evaluate(args) -> None:
             f"--n-way {n_way} but this {config.algo} model has a {config.n_way}-way head; "
             f"evaluate with --n-way {config.n_way} or train a {n_way}-way model."
         )
-    if args.split:
-        config.split = args.split
+    if args.split and args.split != config.split:
+        raise ValueError(
+            f"--split {args.split} but this model was meta-trained on the {config.split} split, whose training "
+            f"characters overlap the {args.split} test set; evaluate with --split {config.split}."
+        )
     data = None
     if args.data:
         from .data import load_omniglot
@@ -118,6 +115,7 @@ def _evaluate(args) -> None:
 
 
 def _classify(args) -> None:
+    from .evaluate import predict_queries
     from .images import load_query_folder, load_support_folder
     from .train import load_checkpoint, pick_device
 
@@ -133,9 +131,9 @@ def _classify(args) -> None:
             f"give exactly {config.n_way} class folders, or use a protonet checkpoint (any number of classes)."
         )
     steps = args.inner_steps if args.inner_steps is not None else config.eval_inner_steps
-    outputs = algorithm.predict(params, x_support[None].to(device), y_support[None].to(device),
-                                x_query[None].to(device), steps)  # (1, queries, n_way)
-    for file, label in zip(files, outputs[0].argmax(-1).tolist()):
+    outputs = predict_queries(algorithm, params, x_support.to(device), y_support.to(device), x_query.to(device),
+                              steps, transductive=args.transductive)  # (queries, n_way)
+    for file, label in zip(files, outputs.argmax(-1).tolist()):
         print(json.dumps({"file": str(file), "label": names[label]}))
 
 

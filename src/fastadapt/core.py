@@ -59,9 +59,17 @@ def query_outputs(
     return functional_call(model, adapted, (x_query,))  # (n_way * n_query, n_way)
 
 
-def default_vectorize(x: torch.Tensor) -> bool:
-    """vmap over tasks on a GPU; on a CPU a loop over tasks is faster (see benchmarks/)."""
-    return x.is_cuda
+def default_vectorize(x_support: torch.Tensor, x_query: torch.Tensor) -> bool:
+    """vmap over tasks on a GPU, and on a CPU for non-image inputs or tasks of at most 10 images.
+
+    Measured on a 2-core CPU (benchmarks/bench_algorithms.py): once adapted weights differ per task,
+    vmap turns every convolution into a grouped one, which beats a loop over tasks for 10 images
+    per task (5-way 1-shot, 1 query) but loses from 30 upwards; for the sinusoid MLP vmap always wins.
+    """
+    if x_support.is_cuda:
+        return True
+    images_per_task = x_support.shape[1] + x_query.shape[1]
+    return x_support.dim() <= 3 or images_per_task <= 10
 
 
 def batched_query_outputs(
@@ -74,7 +82,7 @@ def batched_query_outputs(
     **adapt_kwargs,
 ) -> torch.Tensor:
     """query_outputs for a batch of tasks, with vmap or with a loop over tasks (same numbers)."""
-    vectorize = default_vectorize(x_support) if vectorize is None else vectorize
+    vectorize = default_vectorize(x_support, x_query) if vectorize is None else vectorize
     task = lambda xs, ys, xq: query_outputs(model, params, xs, ys, xq, **adapt_kwargs)  # noqa: E731
     if vectorize:
         return vmap(task, randomness="same")(x_support, y_support, x_query)  # (tasks, n_way * n_query, n_way)

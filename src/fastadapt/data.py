@@ -63,7 +63,7 @@ def md5sum(path: Path) -> str:
 
 def _fetch(url: str, path: Path) -> None:
     """Stream url into path through a .part file, so an interrupted download leaves nothing behind."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     part = path.with_name(path.name + ".part")
     try:
@@ -197,7 +197,7 @@ def _read_subset(source: Path, size: int) -> tuple[np.ndarray, list[str], list[s
 
 def preprocess_omniglot(root: Path, size: int = 28) -> Omniglot:
     """Read both subsets under root into one Omniglot object (background first, then evaluation)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     parts = []
     for subset in tqdm(SUBSETS, desc="Omniglot: resizing to 28x28", leave=False):

@@ -15,10 +15,27 @@ def confidence_interval(values: torch.Tensor) -> float:
     return float(1.96 * values.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
 
 
+def predict_queries(algorithm: MetaLearner, params: dict, x_support: torch.Tensor, y_support: torch.Tensor,
+                    x_query: torch.Tensor, inner_steps: int | None = None, transductive: bool = False) -> torch.Tensor:
+    """Outputs (queries, n_way) for one task. transductive=False classifies each query in one batch with
+    the support set only (BatchNorm never mixes queries); True runs all queries as one batch."""
+    if transductive:
+        return algorithm.predict(params, x_support[None], y_support[None], x_query[None], inner_steps)[0]
+    n = x_query.shape[0]
+    x_one = x_query.unsqueeze(1)  # (queries, 1, ...)
+    if not algorithm.embeds_support_with_query:  # MAML-like: put the support set in the query's batch
+        x_one = torch.cat([x_support.expand(n, *x_support.shape), x_one], 1)  # (queries, support + 1, ...)
+    outputs = algorithm.predict(params, x_support.expand(n, *x_support.shape), y_support.expand(n, -1), x_one,
+                                inner_steps)  # (queries, 1 or support + 1, n_way)
+    return outputs[:, -1]  # (queries, n_way)
+
+
 def evaluate(algorithm: MetaLearner, params: dict, sample_tasks, tasks: int = 1000, seed: int = 0,
-             inner_steps: int | None = None, batch: int = 25, progress: bool = True) -> dict:
-    """Adapt to `tasks` new tasks drawn by sample_tasks(n, seed) and score each on its query set."""
-    from tqdm.auto import tqdm
+             inner_steps: int | None = None, batch: int = 25, progress: bool = True,
+             return_scores: bool = False) -> dict:
+    """Adapt to `tasks` new tasks drawn by sample_tasks(n, seed) and score each on its query set;
+    return_scores adds the per-task scores ("scores", a tensor) for paired comparisons."""
+    from tqdm import tqdm
 
     if tasks < 1:
         raise ValueError(f"tasks must be a positive integer, got {tasks!r}.")
@@ -41,6 +58,8 @@ def evaluate(algorithm: MetaLearner, params: dict, sample_tasks, tasks: int = 10
     scores = torch.cat(scores).double()
     steps = algorithm.inner_steps if inner_steps is None else inner_steps
     if n_way is None:
-        return {"mse": float(scores.mean()), "ci95": confidence_interval(scores), "tasks": tasks, "inner_steps": steps}
-    return {"accuracy": float(scores.mean()), "ci95": confidence_interval(scores), "tasks": tasks,
-            "n_way": n_way, "k_shot": k_shot, "inner_steps": steps}
+        result = {"mse": float(scores.mean()), "ci95": confidence_interval(scores), "tasks": tasks, "inner_steps": steps}
+    else:
+        result = {"accuracy": float(scores.mean()), "ci95": confidence_interval(scores), "tasks": tasks,
+                  "n_way": n_way, "k_shot": k_shot, "inner_steps": steps}
+    return {**result, "scores": scores} if return_scores else result

@@ -4,7 +4,7 @@ BatchNorm follows the MAML paper: it always normalises with the statistics of th
 so each task's support set and query set are normalised with their own statistics, and there are
 no running averages to go stale. model.eval() changes nothing for these layers; a network built
 with PyTorch's default BatchNorm would, in eval(), use running averages that meta-training never
-kept meaningful, and drop to chance accuracy.
+kept meaningful, and fall most of the way to chance accuracy (book chapter 2 measures it).
 """
 from __future__ import annotations
 

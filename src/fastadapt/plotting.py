@@ -217,3 +217,72 @@ def plot_meta_cost(rows: list[dict], time_label: str = "seconds per meta-iterati
     if title:
         fig.suptitle(title, fontsize=11)
     return fig
+
+
+def plot_intervals(x, means: dict, ci: dict | None = None, xlabel: str = "", ylabel: str = "accuracy",
+                   reference: float | None = None, reference_label: str = "chance", logx: bool = False,
+                   percent: bool = True, title: str | None = None, ax=None):
+    """Mean scores with their 95% intervals against any x values (shots, inner steps, learning rates, ...).
+
+    x: the common x values; means: {name: (len(x),) means}; ci: {name: (len(x),) 95% half-widths},
+    drawn as error bars; reference: a dashed horizontal line (e.g. chance = 1 / n_way); percent: show
+    scores in [0, 1] as percentages on the y axis.
+    """
+    from matplotlib.ticker import PercentFormatter
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.6, 3.5), layout="constrained")
+    else:
+        fig = ax.figure
+    x = [float(v) for v in x]
+    for i, (name, values) in enumerate(means.items()):
+        values = torch.as_tensor(values).detach().cpu().double()
+        half = torch.as_tensor(ci[name]).detach().cpu().double() if ci is not None and name in ci else None
+        offset = 1 + 0.025 * (i - (len(means) - 1) / 2) if logx else 1  # small shift so error bars do not overlap
+        ax.errorbar([v * offset for v in x], values, yerr=half, marker="o", ms=4, lw=1.6, capsize=3,
+                    color=plt.cm.tab10(i % 10), label=name)
+    if reference is not None:
+        ax.axhline(reference, color="gray", ls="--", lw=1, label=reference_label)
+    if logx:
+        ax.set_xscale("log")
+        ax.minorticks_off()
+    if logx or len(x) <= 12:
+        ax.set_xticks(x, [f"{v:g}" for v in x])
+    if percent:
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        bottom, top = ax.get_ylim()
+        ax.set_ylim(bottom, min(top, 1.01))  # an interval may reach past 100%; the axis need not
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if len(means) > 1 or reference is not None:
+        ax.legend(fontsize=8, frameon=False)
+    return fig
+
+
+def plot_train_val_accuracy(records: list[dict], smooth: int = 10, title: str | None = None, ax=None):
+    """Meta-training accuracy (each logged meta-batch, faint, and its moving average) and validation
+    accuracy with its 95% interval, against the meta-iteration.
+
+    records: as returned by fastadapt.train.read_metrics; validation points are the records with
+    "val_accuracy" (and "val_ci95").
+    """
+    from matplotlib.ticker import PercentFormatter
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
+    else:
+        fig = ax.figure
+    train = [r for r in records if "accuracy" in r]
+    iterations = torch.tensor([r["iteration"] for r in train])
+    values = torch.tensor([float(r["accuracy"]) for r in train], dtype=torch.float64)
+    ax.plot(iterations, values, color=plt.cm.tab10(0), lw=0.8, alpha=0.3, label="meta-training batch")
+    ax.plot(iterations, _moving_average(values, smooth), color=plt.cm.tab10(0), lw=1.8,
+            label=f"meta-training, mean of {smooth} logs")
+    val = [r for r in records if "val_accuracy" in r]
+    if val:
+        ax.errorbar([r["iteration"] for r in val], [r["val_accuracy"] for r in val],
+                    yerr=[r.get("val_ci95", 0.0) for r in val], color=plt.cm.tab10(1), marker="o", ms=5,
+                    capsize=3, lw=1.6, label="validation (95% interval)")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.set(xlabel="meta-iteration", ylabel="query accuracy", title=title)
+    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    return fig

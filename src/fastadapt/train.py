@@ -23,6 +23,20 @@ DATASETS = ("omniglot", "sinusoid")
 SPLITS = ("vinyals", "lake")
 
 
+# Inner-loop and meta-learning rates when a config leaves them out (MAML paper settings for Omniglot 5-way;
+# Reptile's outer step is SGD with step size 1 annealed to 0; ProtoNets have no inner loop).
+ALGORITHM_DEFAULTS = {
+    ("omniglot", "maml"): dict(inner_lr=0.4, inner_steps=1, meta_lr=1e-3),
+    ("omniglot", "fomaml"): dict(inner_lr=0.4, inner_steps=1, meta_lr=1e-3),
+    ("omniglot", "anil"): dict(inner_lr=0.4, inner_steps=1, meta_lr=1e-3),
+    ("omniglot", "metasgd"): dict(inner_lr=0.4, inner_steps=1, meta_lr=1e-3),
+    ("omniglot", "reptile"): dict(inner_lr=0.1, inner_steps=5, meta_lr=1.0),
+    ("omniglot", "protonet"): dict(inner_lr=0.4, inner_steps=0, meta_lr=1e-3),
+    ("sinusoid", "reptile"): dict(inner_lr=0.01, inner_steps=5, meta_lr=1.0),
+    ("sinusoid", None): dict(inner_lr=0.01, inner_steps=1, meta_lr=1e-3),
+}
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a meta-training run (saved as config.json and in the checkpoint)."""
@@ -34,9 +48,9 @@ class TrainConfig:
     k_shot: int = 1
     n_query: int = 5
     meta_batch_size: int = 32
-    inner_steps: int = 1
-    inner_lr: float = 0.4
-    meta_lr: float = 1e-3
+    inner_steps: int | None = None  # None: the algorithm's default (ALGORITHM_DEFAULTS)
+    inner_lr: float | None = None
+    meta_lr: float | None = None
     iterations: int = 1000
     seed: int = 0
     eval_inner_steps: int | None = None  # None: same as inner_steps
@@ -47,6 +61,10 @@ class TrainConfig:
     first_order: bool = False  # only read by "maml"-like algorithms that are not first-order already
 
     def __post_init__(self):
+        defaults = ALGORITHM_DEFAULTS.get((self.dataset, self.algo), ALGORITHM_DEFAULTS.get((self.dataset, None), {}))
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         check_config(self)
 
     @classmethod
@@ -245,7 +263,7 @@ def make_optimizer(config: TrainConfig, params: dict) -> torch.optim.Optimizer:
 def train(config: TrainConfig, out: str | Path, resume: bool = False, device: str | None = None,
           progress: bool = True, data=None) -> dict:
     """Meta-train, writing out/checkpoint.pt, out/metrics.jsonl and out/config.json; returns the params."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from .evaluate import evaluate
 

@@ -22,8 +22,9 @@ class MetaLearner:
     inner_steps: int = 1
     loss_fn: LossFn = F.cross_entropy
     first_order: bool = False
-    vectorize: bool | None = None  # None: vmap on GPU, loop on CPU
+    vectorize: bool | None = None  # None: the faster path measured for the device (core.default_vectorize)
     name: str = field(default="maml", init=False)
+    embeds_support_with_query = False  # True when predict already normalises queries together with the support set
 
     def __post_init__(self):
         steps, lr = self.inner_steps, self.inner_lr

@@ -23,6 +23,7 @@ class ProtoNet(MetaLearner):
 
     inner_steps: int = 0
     name: str = field(default="protonet", init=False)
+    embeds_support_with_query = True
 
     def predict(self, params, x_support, y_support, x_query, inner_steps=None):
         n_way = int(y_support.max()) + 1
