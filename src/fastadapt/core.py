@@ -27,9 +27,12 @@ def adapt(
     loss_fn: LossFn = F.cross_entropy,
     first_order: bool = False,
     adapt_keys: list[str] | None = None,
+    functional: bool = True,
 ) -> Params:
     """`inner_steps` of gradient descent on one task's support set; inner_lr is a float or a
-    per-parameter dict (Meta-SGD); adapt_keys limits adaptation to some parameters (ANIL)."""
+    per-parameter dict (Meta-SGD); adapt_keys limits adaptation to some parameters (ANIL).
+    functional=False takes the gradients with torch.autograd.grad (same numbers, a little faster
+    outside vmap on a CPU); the default torch.func.grad also works under vmap."""
     keys = list(params) if adapt_keys is None else adapt_keys
     fast = {k: params[k] for k in keys}
     frozen = {k: v for k, v in params.items() if k not in fast}
@@ -39,11 +42,19 @@ def adapt(
         return loss_fn(outputs, y_support)
 
     for _ in range(inner_steps):
-        grads = grad(support_loss)(fast)
+        grads = grad(support_loss)(fast) if functional else _autograd_grads(support_loss, fast, first_order)
         if first_order:
             grads = {k: g.detach() for k, g in grads.items()}
         fast = {k: fast[k] - (inner_lr[k] if isinstance(inner_lr, dict) else inner_lr) * grads[k] for k in fast}
     return {**frozen, **fast}
+
+
+def _autograd_grads(loss_of: Callable[[Params], torch.Tensor], fast: Params, first_order: bool) -> Params:
+    """torch.autograd.grad of loss_of(fast), keeping the graph for second order unless first_order."""
+    with torch.enable_grad():
+        fast = {k: v if v.requires_grad else v.detach().requires_grad_(True) for k, v in fast.items()}
+        grads = torch.autograd.grad(loss_of(fast), list(fast.values()), create_graph=not first_order)
+    return dict(zip(fast, grads))
 
 
 def query_outputs(
@@ -83,10 +94,12 @@ def batched_query_outputs(
 ) -> torch.Tensor:
     """query_outputs for a batch of tasks, with vmap or with a loop over tasks (same numbers)."""
     vectorize = default_vectorize(x_support, x_query) if vectorize is None else vectorize
-    task = lambda xs, ys, xq: query_outputs(model, params, xs, ys, xq, **adapt_kwargs)  # noqa: E731
     if vectorize:
+        task = lambda xs, ys, xq: query_outputs(model, params, xs, ys, xq, **adapt_kwargs)  # noqa: E731
         return vmap(task, randomness="same")(x_support, y_support, x_query)  # (tasks, n_way * n_query, n_way)
-    return torch.stack([task(*t) for t in zip(x_support, y_support, x_query)])  # (tasks, n_way * n_query, n_way)
+    outputs = [query_outputs(model, params, xs, ys, xq, functional=False, **adapt_kwargs)
+               for xs, ys, xq in zip(x_support, y_support, x_query)]
+    return torch.stack(outputs)  # (tasks, n_way * n_query, n_way)
 
 
 def batched_loss(outputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn = F.cross_entropy) -> torch.Tensor:
