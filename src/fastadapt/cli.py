@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _omniglot(folder: str | None):
+    """Omniglot from --data, or None to let the package find it ($FASTADAPT_DATA, cache, download)."""
+    from .data import load_omniglot
+
+    return load_omniglot(root=folder) if folder else None
+
+
 def _train(args) -> None:
     from .train import init_distributed, train
 
@@ -68,11 +75,7 @@ def _train(args) -> None:
         if value is not None and f.name not in ("algo", "dataset", "split", "first_order"):
             settings[f.name] = value
     config = TrainConfig(**settings)
-    data = None
-    if args.data:
-        from .data import load_omniglot
-
-        data = load_omniglot(root=args.data)
+    data = _omniglot(args.data)
     device = init_distributed(args.device)
     try:
         train(config, args.out, resume=args.resume, device=device, data=data)
@@ -104,11 +107,7 @@ def _evaluate(args) -> None:
             f"--split {args.split} but this model was meta-trained on the {config.split} split, whose training "
             f"characters overlap the {args.split} test set; evaluate with --split {config.split}."
         )
-    data = None
-    if args.data:
-        from .data import load_omniglot
-
-        data = load_omniglot(root=args.data)
+    data = _omniglot(args.data)
     sample = task_source(config, args.part, device, n_way=n_way, k_shot=args.k_shot, n_query=args.n_query, data=data)
     steps = args.inner_steps if args.inner_steps is not None else config.eval_inner_steps
     print(json.dumps(evaluate(algorithm, params, sample, tasks=args.tasks, seed=args.seed, inner_steps=steps)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch.func import functional_call
 
 from ..core import adapt, batched_loss
 from .base import MetaLearner, metrics
@@ -26,11 +27,12 @@ class Reptile(MetaLearner):
         theta = {k: p.detach() for k, p in params.items()}
         kwargs = self.adapt_kwargs(theta)
         grads = {k: torch.zeros_like(p) for k, p in theta.items()}
-        tasks = episode.x_support.shape[0]
-        for x_support, y_support in zip(episode.x_support, episode.y_support):
-            phi = adapt(self.model, theta, x_support, y_support, **kwargs)
+        tasks, outputs = episode.x_support.shape[0], []
+        for x_support, y_support, x_query in zip(episode.x_support, episode.y_support, episode.x_query):
+            phi = adapt(self.model, theta, x_support, y_support, functional=False, **kwargs)
             for k in grads:
                 grads[k] += (theta[k] - phi[k].detach()) / tasks
-        with torch.no_grad():
-            outputs = self.predict(theta, episode.x_support, episode.y_support, episode.x_query)
+            with torch.no_grad():  # metrics from the same adapted weights, no second adaptation
+                outputs.append(functional_call(self.model, phi, (x_query,)))  # (n_way * n_query, n_way)
+        outputs = torch.stack(outputs)  # (tasks, n_way * n_query, n_way)
         return grads, metrics(batched_loss(outputs, episode.y_query, self.loss_fn), outputs, episode.y_query)
