@@ -1,0 +1,42 @@
+"""fastadapt.results: where committed results are found, and the download path tested through file:// URLs."""
+import json
+
+import pytest
+
+from fastadapt import results
+
+
+def test_repository_results_found_from_a_subfolder(tmp_path):
+    (tmp_path / "results" / "omniglot").mkdir(parents=True)
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "book" / "deep").mkdir(parents=True)
+    assert results.repository_results(tmp_path / "book" / "deep") == (tmp_path / "results").resolve()
+    assert results.repository_results(tmp_path.parent / "elsewhere") in (None, results.repository_results())
+
+
+def test_environment_folder_wins(tmp_path, monkeypatch):
+    (tmp_path / "omniglot").mkdir()
+    (tmp_path / "omniglot" / "cell.json").write_text(json.dumps({"accuracy": 0.5}))
+    monkeypatch.setenv("FASTADAPT_RESULTS", str(tmp_path))
+    assert results.load_result("omniglot/cell.json") == {"accuracy": 0.5}
+
+
+def test_download_through_file_url_into_the_cache(tmp_path, monkeypatch):
+    remote = tmp_path / "remote"
+    (remote / "omniglot").mkdir(parents=True)
+    (remote / "omniglot" / "fetched-only.json").write_text(json.dumps({"tasks": 600}))
+    monkeypatch.setenv("FASTADAPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FASTADAPT_RESULTS", raising=False)
+    monkeypatch.chdir(tmp_path)  # no repository above: only the cache and the download remain
+    base = remote.as_uri()
+    assert results.find_result("omniglot/fetched-only.json", download=False) is None
+    path = results.find_result("omniglot/fetched-only.json", base_url=base)
+    assert path == tmp_path / "cache" / "results" / "omniglot" / "fetched-only.json"
+    assert json.loads(path.read_text()) == {"tasks": 600}
+    assert results.find_result("omniglot/missing.json", base_url=base) is None  # 404 -> None, nothing left behind
+    assert list((tmp_path / "cache" / "results" / "omniglot").iterdir()) == [path]
+
+
+def test_paths_outside_results_are_refused():
+    with pytest.raises(ValueError, match="inside results/"):
+        results.find_result("../secrets.json")
