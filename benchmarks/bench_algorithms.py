@@ -26,18 +26,16 @@ SETTINGS = {  # name: (n_way, k_shot, meta_batch_size, inner_steps, inner_lr)
 
 def measure(algo: str, setting: str, n_query: int, device: str, path: str, iterations: int) -> dict:
     """Time `iterations` meta-steps (after one warm-up step) of one algorithm in this process."""
-    from fastadapt.algorithms import make_algorithm
+    from fastadapt.algorithms import ALGORITHMS, make_algorithm
     from fastadapt.core import maml_loss_reference
-    from fastadapt.models import Conv4
     from fastadapt.tasks import EpisodeSampler
 
     n_way, k_shot, meta_batch_size, inner_steps, inner_lr = SETTINGS[setting]
     torch.manual_seed(0)
     images = (torch.rand(200, 20, 1, 28, 28) * 255).to(torch.uint8).to(device)  # (classes, drawers, 1, 28, 28)
     sampler = EpisodeSampler(images)
-    model = Conv4(n_way=None, pool=True) if algo == "protonet" else Conv4(n_way)
-    model.to(device)
     name = "maml" if algo == "maml-reference" else algo
+    model = ALGORITHMS[name].image_model(n_way).to(device)  # each algorithm's own network
     algorithm = make_algorithm(name, model, inner_lr=inner_lr, inner_steps=inner_steps,
                                vectorize={"vmap": True, "loop": False}.get(path))
     params = {k: v.to(device) for k, v in algorithm.init_params().items()}

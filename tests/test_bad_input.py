@@ -22,12 +22,12 @@ import pytest
 import torch
 from PIL import Image
 
-from fastadapt import cli
+from fastadapt import TrainConfig, build_algorithm, build_model, cli, task_source
 from fastadapt.algorithms import ALGORITHMS, make_algorithm
+from fastadapt.checkpoints import CHECKPOINT_VERSION
 from fastadapt.evaluate import evaluate
 from fastadapt.images import load_query_folder, load_support_folder
 from fastadapt.models import Conv4
-from fastadapt.train import CHECKPOINT_VERSION, TrainConfig, build_algorithm, build_model, task_source
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,6 +60,9 @@ ROOT = Path(__file__).resolve().parents[1]
     (dict(algo="mamll"), "Unknown algorithm 'mamll'; choose one of maml, fomaml, reptile, anil, metasgd, protonet."),
     (dict(dataset="mnist"), "Unknown dataset 'mnist'; choose one of omniglot, sinusoid."),
     (dict(split="random"), "Unknown split 'random'; choose one of vinyals, lake."),
+    (dict(train_part="test"), "Unknown train_part 'test'; choose one of train, trainval."),
+    (dict(train_part="trainval"), "train_part='trainval' trains on the validation characters, so validating on them "
+                                  "measures nothing; set val_every=0 (a final run) or train_part='train'"),
     (dict(k_shot=15, n_query=10), "k_shot + n_query = 25 but Omniglot has 20 drawings per character; "
                                   "keep k_shot + n_query <= 20."),
     (dict(k_shot=1, n_query=20), "k_shot + n_query = 21 but Omniglot has 20 drawings per character"),
@@ -69,13 +72,37 @@ def test_train_config_refuses(changes, message):
         TrainConfig(**changes)
 
 
-@pytest.mark.parametrize("changes", [
-    dict(k_shot=10, n_query=10),  # exactly the 20 drawings
-    dict(dataset="sinusoid", k_shot=15, n_query=30),  # sinusoids have no limit on points
-    dict(inner_steps=0, val_every=0, eval_inner_steps=0),
+@pytest.mark.parametrize("changes, beyond", [
+    (dict(k_shot=10, n_query=10), dict(k_shot=11, n_query=10)),  # exactly the 20 drawings, then one more
+    (dict(dataset="sinusoid", k_shot=15, n_query=30), None),  # sinusoids have no limit on points
+    (dict(inner_steps=0, val_every=0, eval_inner_steps=0), dict(inner_steps=-1)),
+    (dict(n_way=1, k_shot=1, n_query=1, meta_batch_size=1, iterations=1), dict(meta_batch_size=0)),
+    (dict(inner_lr=1e-12, meta_lr=1e-12), dict(meta_lr=0.0)),
+    (dict(train_part="trainval", val_every=0), dict(train_part="trainval", val_every=1)),
 ])
-def test_train_config_accepts_the_limits(changes):
-    TrainConfig(**changes)
+def test_train_config_accepts_the_limits(changes, beyond):
+    """A value at the limit is kept as given (not replaced by a default), and one step beyond it is refused."""
+    config = TrainConfig(**changes)
+    for name, value in changes.items():
+        assert getattr(config, name) == value, name
+    if beyond is not None:
+        with pytest.raises(ValueError):
+            TrainConfig(**beyond)
+
+
+def test_train_config_fills_what_is_left_out_from_the_protocol_table():
+    """n_way and k_shot come from the dataset's default cell, the rest from that cell's row (MAML 20-way: 16 tasks
+    of 5 steps of 0.1, tested with 5 steps), and what is given is kept."""
+    assert (TrainConfig().n_way, TrainConfig().k_shot) == (5, 1)
+    assert TrainConfig(dataset="sinusoid").k_shot == 10
+    config = TrainConfig(algo="maml", n_way=20, k_shot=1, inner_lr=0.05)
+    assert (config.meta_batch_size, config.inner_steps, config.inner_lr, config.eval_inner_steps) == (16, 5, 0.05, 5)
+
+
+def test_train_config_refuses_protonet_on_sinusoids():
+    with pytest.raises(ValueError, match=r"protonet only classifies and cannot fit sinusoids; for dataset='sinusoid' "
+                                         r"choose one of maml, fomaml, reptile, anil, metasgd\."):
+        TrainConfig(algo="protonet", dataset="sinusoid")
 
 
 @pytest.mark.parametrize("changes", [dict(inner_steps=1.5), dict(inner_steps="1"), dict(eval_inner_steps=0.5)])
@@ -204,8 +231,8 @@ def files(tmp_path_factory):
         torch.manual_seed(0)
         algorithm = build_algorithm(config, build_model(config))
         torch.save({"version": CHECKPOINT_VERSION, "config": asdict(config), "iteration": 1,
-                    "params": {k: v.detach() for k, v in algorithm.init_params().items()}, "optimizer": {}},
-                   root / f"{algo}.pt")
+                    "params": {k: v.detach() for k, v in algorithm.init_params().items()}, "optimizer": {},
+                    "buffers": dict(algorithm.model.named_buffers())}, root / f"{algo}.pt")
     config = TrainConfig(dataset="sinusoid", iterations=1)
     params = build_algorithm(config, build_model(config)).init_params()
     torch.save({"version": CHECKPOINT_VERSION, "config": asdict(config), "iteration": 1,
@@ -232,7 +259,7 @@ SUBPROCESS_CASES = {  # tests/test_cli.py runs the config, argparse, checkpoint 
                                r"images_background\.zip and images_evaluation\.zip"),
     "train more ways than classes": (["train", "--algo", "protonet", "--n-way", "5000", "--iterations", "1",
                                       "--val-every", "0"], REAL_DATA,
-                                     r"n_way=5000 but only 4400 classes are available; choose n_way <= 4400\."),
+                                     r"n_way=5000 but only 4112 classes are available; choose n_way <= 4112\."),
     "classify wrong number of classes": (["classify", "--checkpoint", "{root}/maml.pt", "--support",
                                           "{root}/support3", "--query", "{root}/query"], "empty_data",
                                          r"The support folder has 3 classes but this maml model is 5-way; give "

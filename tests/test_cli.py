@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
+from fastadapt import TrainConfig, load_checkpoint, train
 from fastadapt.data import omniglot_classes
 from fastadapt.evaluate import predict_queries
 from fastadapt.images import load_image, load_query_folder, load_support_folder
-from fastadapt.train import TrainConfig, load_checkpoint, train
 
 TIMEOUT = 240
 PROTONET = ["--algo", "protonet", "--meta-batch-size", "4", "--n-query", "1", "--meta-lr", "0.003",

@@ -27,6 +27,7 @@ from fastadapt.data import (
     find_omniglot,
     load_omniglot,
     md5sum,
+    omniglot_class_names,
     omniglot_classes,
     preprocess_omniglot,
     split_characters,
@@ -213,44 +214,67 @@ def test_cached_pixels_match_the_archive(omniglot, real_archives, character, dra
 # --------------------------------------------------------------------------------------------
 
 
-def test_vinyals_split(omniglot):
+PUBLISHED = {"train": (1028, 33), "val": (172, 5), "trainval": (1200, 38), "test": (423, 13)}  # characters, alphabets
+
+
+def _published_lines(part: str) -> list[str]:
+    """Lines (Alphabet/characterNN/rotDDD) of the published split file, read from the shared data folder."""
+    folder = Path(os.environ.get("FASTADAPT_DATA") or ".") / "splits" / "vinyals"
+    if not (folder / f"{part}.txt").is_file():
+        pytest.skip(f"the published split files are not in {folder.resolve()}: they come with the shared Omniglot "
+                    "folder that FASTADAPT_DATA names (from jakesnell/prototypical-networks, data/omniglot/splits)")
+    return (folder / f"{part}.txt").read_text().splitlines()
+
+
+@pytest.mark.parametrize("part", list(PUBLISHED))
+def test_vinyals_classes_are_the_published_files(omniglot, part):
+    """The package's classes (character x rotation, in order) are the lines of the published file, and class i
+    holds that character's images turned by that many quarter turns (numpy's rot90 as the reference)."""
+    lines = _published_lines(part)
+    assert omniglot_class_names("vinyals", part, data=omniglot) == lines
+    classes = omniglot_classes("vinyals", part, data=omniglot)  # (classes, 20, 1, 28, 28)
+    assert classes.shape == (len(lines), 20, 1, 28, 28) and classes.dtype == torch.uint8
+    index = {name: i for i, name in enumerate(omniglot.characters)}
+    for i in range(0, len(lines), 97):  # a sample of classes, every rotation among them
+        character, turn = lines[i].rsplit("/", 1)
+        quarter_turns = {"rot000": 0, "rot090": 1, "rot180": 2, "rot270": 3}[turn]
+        expected = np.rot90(omniglot.images[index[character]].numpy(), quarter_turns, axes=(-2, -1))
+        np.testing.assert_array_equal(classes[i, :, 0].numpy(), expected)
+
+
+def test_vinyals_split_sizes_and_disjointness(omniglot):
     split = split_characters(omniglot, "vinyals")
-    sizes = {k: len(v) for k, v in split.items()}
-    assert sizes == {"train": 1100, "val": 100, "test": 423}
-    sets = {k: set(v.tolist()) for k, v in split.items()}
-    assert all(len(sets[k]) == sizes[k] for k in sets)  # no duplicates
-    assert not sets["train"] & sets["val"] and not sets["train"] & sets["test"] and not sets["val"] & sets["test"]
-    assert sets["train"] | sets["val"] | sets["test"] == set(range(1623))
-    # it mixes background and evaluation characters (a random split over all of Omniglot)
-    assert 0 < int(omniglot.background[split["test"]].sum()) < 423
+    for part, (characters, alphabets) in PUBLISHED.items():
+        assert len(split[part]) == len(set(split[part].tolist())) == characters, part
+        assert len({omniglot.alphabets[i] for i in split[part].tolist()}) == alphabets, part
+    train, val, test = (set(split[k].tolist()) for k in ("train", "val", "test"))
+    assert not train & val and not train & test and not val & test
+    assert split["trainval"].tolist() == split["train"].tolist() + split["val"].tolist()
+    assert train | val | test == set(range(1623))
 
 
-def test_vinyals_split_is_deterministic(omniglot):
-    first, second = split_characters(omniglot, "vinyals"), split_characters(omniglot, "vinyals")
-    torch.manual_seed(1234)  # the global RNG must not matter
-    third = split_characters(omniglot, "vinyals")
-    for part in ("train", "val", "test"):
-        assert torch.equal(first[part], second[part]) and torch.equal(first[part], third[part])
+def test_shipped_vinyals_lists_hold_every_character_once():
+    """The lists inside the package: one Alphabet/characterNN a line, no character twice, nothing else."""
+    from importlib import resources
+
+    names = {part: (resources.files("fastadapt") / "splits" / f"vinyals_{part}.txt").read_text().splitlines()
+             for part in ("train", "val", "test")}
+    every = [n for part in names.values() for n in part]
+    assert len(every) == len(set(every)) == 1623
+    assert all(re.fullmatch(r"[^/\s]+/character\d\d", n) for n in every)
 
 
-def test_vinyals_split_is_the_published_one(omniglot):
-    """Golden values: if these change, every result computed on the old split is no longer comparable."""
-    split = split_characters(omniglot, "vinyals")
-    test, val = split["test"], split["val"]
-    # the documented recipe: torch.randperm(1623) with seed 0, the last 423 are test, the 100 before val
-    expected = torch.randperm(1623, generator=torch.Generator().manual_seed(0))[1200:].sort().values
-    assert torch.equal(test, expected)
-    assert test.dtype == torch.int64
-    # recorded values (torch 2.14), which also catch a change in torch's randperm itself
-    assert test[:8].tolist() == [4, 5, 7, 9, 11, 13, 16, 22] and int(test.sum()) == 338470
-    assert val[:5].tolist() == [1, 8, 30, 40, 57] and int(val.sum()) == 78590
+def test_vinyals_split_needs_the_whole_dataset(tiny):
+    with pytest.raises(DatasetError, match=r"lacks 1623 characters of the vinyals split .*complete images_background"):
+        split_characters(tiny, "vinyals")
 
 
 def test_lake_split(omniglot):
     split = split_characters(omniglot, "lake")
     sizes = {k: len(v) for k, v in split.items()}
-    assert sizes == {"train": 813, "val": 151, "test": 659}
+    assert sizes == {"train": 813, "val": 151, "trainval": 964, "test": 659}
     train, val, test = (set(split[k].tolist()) for k in ("train", "val", "test"))
+    assert set(split["trainval"].tolist()) == train | val
     background = set(omniglot.background.nonzero().squeeze(1).tolist())
     assert len(background) == 964
     assert train | val == background and not train & val
@@ -268,41 +292,36 @@ def test_unknown_split_names_the_choices(omniglot):
         split_characters(omniglot, "random")
     with pytest.raises(ValueError, match="vinyals.*lake"):
         omniglot_classes("Vinyals", "train", data=omniglot)
-    with pytest.raises(ValueError, match="train.*val.*test"):
+    with pytest.raises(ValueError, match="Unknown part 'training'; choose one of train, val, trainval, test"):
         omniglot_classes("vinyals", "training", data=omniglot)
-
-
-def test_omniglot_classes_vinyals_rotations(omniglot):
-    classes = omniglot_classes("vinyals", "train", data=omniglot)
-    assert classes.shape == (4400, 20, 1, 28, 28) and classes.dtype == torch.uint8
-    train = split_characters(omniglot, "vinyals")["train"]
-    some = torch.randperm(1100, generator=torch.Generator().manual_seed(3))[:64]  # a sample keeps it fast
-    originals = omniglot.images[train[some]].numpy()  # (64, 20, 28, 28)
-    for k in range(4):
-        block = classes[1100 * k + some, :, 0].numpy()
-        # numpy's rot90 is the reference (counter-clockwise quarter turns)
-        np.testing.assert_array_equal(block, np.rot90(originals, k, axes=(-2, -1)))
-    # the rotations are really different classes, not copies
-    assert not torch.equal(classes[:1100], classes[1100:2200])
 
 
 @pytest.mark.parametrize(
     "split, part, rotations, n",
     [
-        ("vinyals", "val", None, 400),
+        ("vinyals", "train", None, 4112),
+        ("vinyals", "val", None, 688),
         ("vinyals", "test", None, 1692),
-        ("vinyals", "train", False, 1100),
+        ("vinyals", "train", False, 1028),
         ("lake", "train", None, 813),
         ("lake", "val", None, 151),
+        ("lake", "trainval", None, 964),
         ("lake", "test", None, 659),
         ("lake", "train", True, 3252),
     ],
 )
-def test_omniglot_classes_sizes(omniglot, split, part, rotations, n):
+def test_omniglot_classes_sizes_and_rotations(omniglot, split, part, rotations, n):
+    """Without rotations class c is character c of the part; with them classes 4c..4c+3 are its quarter turns."""
     classes = omniglot_classes(split, part, rotations=rotations, data=omniglot)
     assert classes.shape == (n, 20, 1, 28, 28)
     characters = split_characters(omniglot, split)[part]
-    assert torch.equal(classes[: len(characters), :, 0], omniglot.images[characters])
+    turns = n // len(characters)
+    names = omniglot_class_names(split, part, rotations=rotations, data=omniglot)
+    assert len(names) == n and names[::turns] == [
+        omniglot.characters[i] + ("/rot000" if turns == 4 else "") for i in characters.tolist()]
+    originals = omniglot.images[characters].numpy()  # (characters, 20, 28, 28)
+    for k in range(turns):  # numpy's rot90 is the reference (counter-clockwise quarter turns)
+        np.testing.assert_array_equal(classes[k::turns, :, 0].numpy(), np.rot90(originals, k, axes=(-2, -1)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,52 +380,131 @@ def test_find_omniglot_prefers_root_then_env(tmp_path, monkeypatch, tiny_zip_roo
 # --------------------------------------------------------------------------------------------
 
 
-def test_cache_round_trip(tmp_path, tiny_zip_root, tiny):
+def _no_rebuild(monkeypatch) -> None:
+    """Make preprocessing fail, so that a load that succeeds must have come from the cache."""
+    def refuse(root, size=28):
+        raise AssertionError("the cache was rebuilt")
+
+    monkeypatch.setattr(D, "preprocess_omniglot", refuse)
+
+
+def test_cache_round_trip(tmp_path, tiny_zip_root, tiny, monkeypatch):
     cache = tmp_path / "cache" / "omniglot28.pt"
     built = load_omniglot(root=tiny_zip_root, cache=cache)
     _same(built, tiny)
     assert cache.is_file()
     assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name]  # no temporary files left
-    # The second load must come from the cache: the root it is given is empty, so a rebuild would fail.
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    again = load_omniglot(root=empty, cache=cache)
-    _same(again, built)
+    _no_rebuild(monkeypatch)
+    _same(load_omniglot(root=tiny_zip_root, cache=cache), built)  # the second load comes from the cache
 
 
-def _damage_truncate(cache: Path, tiny: D.Omniglot) -> None:
-    D.save_atomic({"version": D.CACHE_VERSION, **tiny.__dict__}, cache)
+def _other_tiny_files() -> dict[str, bytes]:
+    """The tiny Omniglot with every drawing mirrored: the same names, other pixels."""
+    files = {}
+    for rel, blob in _tiny_files().items():
+        buffer = io.BytesIO()
+        Image.open(io.BytesIO(blob)).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(buffer, format="PNG")
+        files[rel] = buffer.getvalue()
+    return files
+
+
+@pytest.mark.parametrize("layout", ["zip", "folder"])
+def test_cache_built_from_other_files_is_rebuilt(tmp_path, tiny_zip_root, tiny, layout, monkeypatch):
+    """A cache belongs to the archives it was built from: other files (or a changed archive) rebuild it."""
+    cache = tmp_path / "omniglot28.pt"
+    load_omniglot(root=tiny_zip_root, cache=cache)
+    other = (_write_zips if layout == "zip" else _write_folders)(tmp_path / "other", _other_tiny_files())
+    mirrored = load_omniglot(root=other, cache=cache)
+    _same(mirrored, preprocess_omniglot(other))
+    assert not torch.equal(mirrored.images, tiny.images)
+    if layout == "zip":  # the same path, rewritten with the original drawings: size or time changes the key
+        _write_zips(other, _tiny_files())
+        os.utime(other / "images_background.zip", ns=(1, 1))
+        _same(load_omniglot(root=other, cache=cache), tiny)
+    _no_rebuild(monkeypatch)
+    with pytest.raises(AssertionError, match="rebuilt"):
+        load_omniglot(root=tiny_zip_root, cache=cache)  # the cache now belongs to the other folder
+
+
+def _damage_truncate(cache: Path, tiny: D.Omniglot, key) -> None:
+    D.save_atomic({"version": D.CACHE_VERSION, "source": key, **tiny.__dict__}, cache)
     cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
 
 
-def _damage_garbage(cache: Path, tiny: D.Omniglot) -> None:
+def _damage_garbage(cache: Path, tiny: D.Omniglot, key) -> None:
     cache.write_bytes(np.random.default_rng(0).bytes(5000))
 
 
-def _damage_empty(cache: Path, tiny: D.Omniglot) -> None:
+def _damage_empty(cache: Path, tiny: D.Omniglot, key) -> None:
     cache.write_bytes(b"")
 
 
-def _damage_old_version(cache: Path, tiny: D.Omniglot) -> None:
+def _damage_old_version(cache: Path, tiny: D.Omniglot, key) -> None:
     stale = D.Omniglot(tiny.images.flip(-1), tiny.alphabets, tiny.characters, tiny.background)
-    torch.save({"version": D.CACHE_VERSION - 1, **stale.__dict__}, cache)
+    torch.save({"version": D.CACHE_VERSION - 1, "source": key, **stale.__dict__}, cache)
 
 
-def _damage_not_a_dict(cache: Path, tiny: D.Omniglot) -> None:
+def _damage_not_a_dict(cache: Path, tiny: D.Omniglot, key) -> None:
     torch.save(torch.zeros(3), cache)
 
 
 @pytest.mark.parametrize(
     "damage", [_damage_truncate, _damage_garbage, _damage_empty, _damage_old_version, _damage_not_a_dict]
 )
-def test_damaged_cache_is_rebuilt(tmp_path, tiny_zip_root, tiny, damage):
+def test_damaged_cache_is_rebuilt(tmp_path, tiny_zip_root, tiny, damage, monkeypatch):
     cache = tmp_path / "omniglot28.pt"
-    damage(cache, tiny)
+    damage(cache, tiny, D.source_key(tiny_zip_root))
     _same(load_omniglot(root=tiny_zip_root, cache=cache), tiny)
-    # the rebuilt cache is good again: it loads without any source
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    _same(load_omniglot(root=empty, cache=cache), tiny)
+    _no_rebuild(monkeypatch)  # the rebuilt cache is good again
+    _same(load_omniglot(root=tiny_zip_root, cache=cache), tiny)
+
+
+def test_unreadable_cache_is_an_error_not_a_rebuild(tmp_path, tiny_zip_root, monkeypatch):
+    """A permission problem is not damage: it is reported (with the fix), and the file is left alone."""
+    cache = tmp_path / "omniglot28.pt"
+    load_omniglot(root=tiny_zip_root, cache=cache)
+    before = cache.read_bytes()
+
+    def no_permission(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(torch, "load", no_permission)
+    _no_rebuild(monkeypatch)
+    with pytest.raises(DatasetError, match=r"Cannot read the Omniglot cache .*omniglot28\.pt \(.*Permission denied\); "
+                                           r"fix its permissions, or set FASTADAPT_CACHE"):
+        load_omniglot(root=tiny_zip_root, cache=cache)
+    assert cache.read_bytes() == before
+
+
+def test_full_disk_is_an_error_with_the_fix(tmp_path, tiny_zip_root, monkeypatch):
+    def disk_full(obj, f, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    cache = tmp_path / "omniglot28.pt"
+    with pytest.raises(DatasetError, match=r"Cannot write the Omniglot cache .*No space left on device\); free some "
+                                           r"disk space .* or set FASTADAPT_CACHE to a writable folder"):
+        load_omniglot(root=tiny_zip_root, cache=cache)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_preprocessing_progress_counts_characters(tiny_zip_root, monkeypatch):
+    """The progress bar of a first load counts the 1,623 characters (8 here), not the two archives."""
+    import tqdm
+
+    bars = []
+
+    class Recording(tqdm.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "disable": True})
+            bars.append({"total": kwargs.get("total"), "done": 0})
+
+        def update(self, n=1):
+            bars[-1]["done"] += n
+
+    monkeypatch.setattr(tqdm, "tqdm", Recording)
+    preprocess_omniglot(tiny_zip_root)
+    assert bars == [{"total": N_TINY, "done": N_TINY}]
 
 
 def test_default_cache_location_follows_env(tmp_path, monkeypatch, tiny_zip_root, tiny):

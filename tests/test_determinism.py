@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastadapt.train import TrainConfig, episode_seed, read_checkpoint, read_metrics, task_source, train
+from fastadapt import TrainConfig, episode_seed, read_checkpoint, read_metrics, task_source, train
 
 SETTINGS = dict(n_way=5, k_shot=1, n_query=1, meta_batch_size=2, inner_steps=1, iterations=3, val_every=3,
                 val_tasks=2, log_every=1, checkpoint_every=3)

@@ -6,7 +6,6 @@ on the concatenation of the ranks' tasks, every rank must hold the same paramete
 """
 from __future__ import annotations
 
-import importlib
 import json
 import multiprocessing
 import os
@@ -18,9 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastadapt import (TrainConfig, build_algorithm, build_model, episode_seed, init_distributed, meta_step,
+                       read_checkpoint, read_metrics, task_source, train)
+from fastadapt import training
+from fastadapt.models import Conv4
 from fastadapt.tasks import Episode
-from fastadapt.train import (TrainConfig, build_algorithm, build_model, episode_seed, init_distributed, meta_step,
-                             read_checkpoint, read_metrics, task_source, train)
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -28,8 +29,11 @@ ITERATION = 3  # any iteration: the episodes depend on (seed, iteration, rank) o
 STEP_CONFIGS = {
     "maml": TrainConfig(algo="maml", n_way=5, k_shot=1, n_query=2, meta_batch_size=4, inner_steps=1, inner_lr=0.4,
                         meta_lr=0.5, seed=3, val_every=0),
+    # plain SGD inner loop: the published inner Adam carries its state from task to task, which cannot be split
+    # across processes (train() refuses it with more than one)
     "reptile": TrainConfig(algo="reptile", n_way=5, k_shot=1, n_query=2, meta_batch_size=4, inner_steps=2,
-                           inner_lr=0.1, meta_lr=1.0, seed=3, val_every=0),
+                           inner_lr=0.1, meta_lr=1.0, seed=3, val_every=0, inner_optimizer="sgd", inner_batch=0,
+                           eval_inner_batch=0),
 }
 
 
@@ -69,7 +73,7 @@ def _rank_main(rank: int, port: int, out: str, data) -> None:
             optimizer = torch.optim.SGD(list(params.values()), lr=config.meta_lr)
             sample = task_source(config, "train", device, data=data)
             episode = sample(config.meta_batch_size // WORLD, episode_seed(config.seed, ITERATION, rank))
-            metrics = meta_step(algorithm, params, optimizer, episode)
+            metrics = {k: float(v) for k, v in meta_step(algorithm, params, optimizer, episode).items()}
             torch.save({"params": {k: v.detach() for k, v in params.items()}, "metrics": metrics},
                        Path(out) / f"{name}_rank{rank}.pt")
     finally:
@@ -112,7 +116,7 @@ def single_process_step(config: TrainConfig, data) -> tuple[dict, dict]:
     episode = Episode(*(torch.cat(parts) for parts in zip(*shares)))
     assert episode.x_support.shape[0] == config.meta_batch_size
     metrics = meta_step(algorithm, params, optimizer, episode)
-    return {k: v.detach() for k, v in params.items()}, metrics
+    return {k: v.detach() for k, v in params.items()}, {k: float(v) for k, v in metrics.items()}
 
 
 @pytest.mark.parametrize("name", list(STEP_CONFIGS))
@@ -150,12 +154,36 @@ def test_each_rank_samples_different_tasks(omniglot):
 
 
 def test_meta_batch_must_divide_among_processes(tmp_path, monkeypatch, omniglot):
-    train_module = importlib.import_module("fastadapt.train")  # `fastadapt.train` the attribute is the function
-    monkeypatch.setattr(train_module, "_distributed", lambda: (0, 2))
+    monkeypatch.setattr(training, "process_group", lambda: (0, 2))
     config = TrainConfig(algo="fomaml", meta_batch_size=3, iterations=1, val_every=0)
     with pytest.raises(ValueError, match=r"meta_batch_size=3 must be divisible by the 2 processes"):
         train(config, tmp_path, device="cpu", progress=False, data=omniglot)
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_every_reduced_buffer_lives_on_the_parameters_device(monkeypatch):
+    """NCCL only reduces tensors on the GPU: everything meta_step hands to all_reduce must be on the parameters'
+    device, including the metrics. The parameters live on the `meta` device here, so a buffer made on the CPU
+    (as metrics once were) shows up. all_reduce records each buffer's device; the step then stops at its
+    finiteness check, since a meta tensor holds no values to check."""
+    from fastadapt import distributed
+
+    devices = []
+
+    def all_reduce(tensor, *args, **kwargs):
+        devices.append(tensor.device)
+
+    monkeypatch.setattr(distributed, "process_group", lambda: (0, 2))
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    model = Conv4(n_way=5, hidden=4).to("meta")
+    algorithm = build_algorithm(TrainConfig(algo="fomaml", inner_steps=1), model)
+    params = {k: v.to("meta").requires_grad_(True) for k, v in algorithm.init_params().items()}
+    assert {p.device.type for p in params.values()} == {"meta"}
+    x = torch.empty(2, 5, 1, 28, 28, device="meta")  # (tasks, n_way, 1, 28, 28)
+    y = torch.arange(5, device="meta").repeat(2, 1)  # (tasks, n_way)
+    with pytest.raises(RuntimeError, match="meta"):
+        meta_step(algorithm, params, torch.optim.SGD(list(params.values()), lr=0.1), Episode(x, y, x, y))
+    assert devices == [torch.device("meta")], "one flat buffer (gradients and metrics), on the parameters' device"
 
 
 def test_torchrun_cli_trains(tmp_path, omniglot):

@@ -37,6 +37,19 @@ def test_download_through_file_url_into_the_cache(tmp_path, monkeypatch):
     assert list((tmp_path / "cache" / "results" / "omniglot").iterdir()) == [path]
 
 
+def test_no_download_inside_a_repository(tmp_path, monkeypatch):
+    remote = tmp_path / "remote"
+    (remote / "omniglot").mkdir(parents=True)
+    (remote / "omniglot" / "cell.json").write_text("{}")
+    (tmp_path / "repo" / "results").mkdir(parents=True)
+    (tmp_path / "repo" / "pyproject.toml").write_text("")
+    monkeypatch.setenv("FASTADAPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FASTADAPT_RESULTS", raising=False)
+    monkeypatch.chdir(tmp_path / "repo")  # a file the repository lacks has not been produced yet
+    assert results.find_result("omniglot/cell.json", base_url=remote.as_uri()) is None
+    assert not (tmp_path / "cache").exists()
+
+
 def test_paths_outside_results_are_refused():
     with pytest.raises(ValueError, match="inside results/"):
         results.find_result("../secrets.json")

@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastadapt import cli
+from fastadapt import TrainConfig, TrainingDiverged, cli, load_checkpoint, read_checkpoint, read_metrics, train
 from fastadapt.algorithms import FOMAML, Reptile
 from fastadapt.data import save_atomic
-from fastadapt.train import TrainConfig, TrainingDiverged, load_checkpoint, read_checkpoint, read_metrics, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_FILES = ["checkpoint.pt", "config.json", "metrics.jsonl"]
@@ -334,8 +333,31 @@ def test_damaged_checkpoint_is_refused(damage, run_copy, omniglot):
 
 def test_foreign_torch_file_is_refused(run_copy, omniglot):
     torch.save({"state_dict": {"w": torch.ones(2)}}, run_copy / "checkpoint.pt")
-    with pytest.raises(ValueError, match=r"is not a fastadapt checkpoint of version 1"):
+    with pytest.raises(ValueError, match=r"is not a fastadapt checkpoint of version 2"):
         run(tiny(iterations=3), run_copy, omniglot, resume=True)
+
+
+def test_version_1_checkpoint_is_refused_with_the_reason(run_copy):
+    """Checkpoints of the seeded split (results/omniglot-cpu) must not be evaluated on today's split."""
+    blob = read_checkpoint(run_copy / "checkpoint.pt")
+    torch.save({**blob, "version": 1}, run_copy / "old.pt")
+    with pytest.raises(ValueError, match=r"old\.pt is of version 1, written before the published Vinyals split \(its "
+                                         r"test characters overlap today's training characters\).*train it again"):
+        load_checkpoint(run_copy / "old.pt")
+
+
+def test_reptile_refuses_another_iteration_count_on_resume(tmp_path, omniglot):
+    """Reptile's step size reaches 0 at the last iteration: resuming with another count would silently change the
+    schedule saved in the checkpoint, so it is refused and nothing is written."""
+    config = tiny(algo="reptile", iterations=2, inner_lr=0.1, meta_lr=1.0)
+    run(config, tmp_path, omniglot)
+    before = {name: (tmp_path / name).read_bytes() for name in RUN_FILES}
+    with pytest.raises(ValueError, match=r"anneals reptile's outer step size to 0 over iterations=2 .* asks for "
+                                         r"iterations=4; resume with iterations=2 \(--iterations 2\)"):
+        run(replace(config, iterations=4), tmp_path, omniglot, resume=True)
+    assert {name: (tmp_path / name).read_bytes() for name in RUN_FILES} == before
+    scheduler = read_checkpoint(tmp_path / "checkpoint.pt")["scheduler"]
+    assert scheduler["last_epoch"] == 2 and scheduler["_last_lr"] == [0.0]  # the schedule, saved: 1, 0.5, then 0
 
 
 def test_missing_checkpoint_is_reported(tmp_path):

@@ -297,7 +297,7 @@ def test_omniglot_shapes_32_tasks_5way_1shot(train_sampler, train_hashes):
     assert _hashes(images) <= train_hashes
     for task in images:
         assert len(_hashes(task)) == 10
-    # 32 tasks of 5 classes from 4,400 classes: most of the 160 class picks are distinct
+    # 32 tasks of 5 classes from 4,112 classes: most of the 160 class picks are distinct
     assert len(_hashes(images[:, :5])) > 150
 
 

@@ -9,26 +9,32 @@ from dataclasses import fields
 import torch
 
 from .algorithms import ALGORITHMS
-from .train import DATASETS, SPLITS, TrainConfig, TrainingDiverged
-
-# The sinusoid experiment of the MAML paper: 10-shot regression, meta-batch 25 (rates: TrainConfig's defaults).
-SINUSOID_DEFAULTS = dict(k_shot=10, n_query=10, meta_batch_size=25)
+from .checks import positive_int
+from .config import DATASETS, SPLITS, TRAIN_PARTS, TrainConfig
+from .training import TrainingDiverged
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fastadapt", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="meta-train a model")
+    train = commands.add_parser("train", help="meta-train (settings left out: the paper's, fastadapt.protocols)")
     train.add_argument("--algo", choices=sorted(ALGORITHMS), default="maml")
     train.add_argument("--dataset", choices=DATASETS, default="omniglot")
     train.add_argument("--split", choices=SPLITS, default="vinyals")
+    train.add_argument("--train-part", choices=TRAIN_PARTS, default="train",
+                       help="train (validated on val) to select a model, trainval (with --val-every 0) for a final run")
     for name in ("n_way", "k_shot", "n_query", "meta_batch_size", "inner_steps", "iterations", "seed",
-                 "eval_inner_steps", "val_every", "val_tasks", "log_every", "checkpoint_every"):
+                 "eval_inner_steps", "val_every", "val_tasks", "log_every", "checkpoint_every", "inner_batch",
+                 "eval_inner_batch", "val_n_way", "val_n_query", "patience"):
         train.add_argument("--" + name.replace("_", "-"), type=int)
+    train.add_argument("--inner-optimizer", choices=("sgd", "adam"), help="Reptile's inner loop (published: adam)")
+    train.add_argument("--retrain", action="store_true", default=None,
+                       help="after early stopping (--patience), train again on trainval (Prototypical Networks)")
     for name in ("inner_lr", "meta_lr"):
         train.add_argument("--" + name.replace("_", "-"), type=float)
-    train.add_argument("--first-order", action="store_true", help="first-order inner loop (maml, anil, metasgd)")
+    train.add_argument("--first-order", action="store_true", default=None,
+                       help="first-order inner loop (maml, anil, metasgd)")
     train.add_argument("--out", required=True, help="folder for checkpoint.pt, metrics.jsonl, config.json")
     train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
@@ -43,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--inner-steps", type=int)
     evaluate.add_argument("--split", choices=SPLITS)
     evaluate.add_argument("--part", choices=("val", "test"), default="test")
+    evaluate.add_argument("--protocol", choices=("tasks", "lake"), default="tasks",
+                          help="tasks: N-way K-shot tasks of the split's part; lake: Lake et al.'s 20-way one-shot "
+                               "tasks (one alphabet of images_evaluation, two drawers), for models trained with "
+                               "--split lake")
+    evaluate.add_argument("--transductive", action=argparse.BooleanOptionalAction,
+                          help="classify all queries of a task in one batch, or (--no-transductive) each on its own "
+                               "(default: as the model's published protocol tests, fastadapt.protocols)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--data", help="Omniglot folder (default: $FASTADAPT_DATA, else download)")
@@ -66,15 +79,11 @@ def _omniglot(folder: str | None):
 
 
 def _train(args) -> None:
-    from .train import init_distributed, train
+    from .distributed import init_distributed
+    from .training import train
 
-    settings = dict(SINUSOID_DEFAULTS) if args.dataset == "sinusoid" else {}
-    settings.update(algo=args.algo, dataset=args.dataset, split=args.split, first_order=args.first_order)
-    for f in fields(TrainConfig):
-        value = getattr(args, f.name, None)
-        if value is not None and f.name not in ("algo", "dataset", "split", "first_order"):
-            settings[f.name] = value
-    config = TrainConfig(**settings)
+    settings = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    config = TrainConfig(**settings)  # what the command line leaves out comes from the hyperparameter table
     data = _omniglot(args.data)
     device = init_distributed(args.device)
     try:
@@ -88,16 +97,18 @@ def _train(args) -> None:
 
 
 def _evaluate(args) -> None:
+    from .checkpoints import load_checkpoint
+    from .config import task_source
+    from .distributed import pick_device
     from .evaluate import evaluate
-    from .train import load_checkpoint, pick_device, task_source
 
     for name in ("n_way", "k_shot", "n_query"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ValueError(f"{name} must be a positive integer, got {getattr(args, name)}.")
+        if getattr(args, name) is not None:
+            positive_int(name, getattr(args, name))
     device = pick_device(args.device)
     config, algorithm, params = load_checkpoint(args.checkpoint, device)
     n_way = config.n_way if args.n_way is None else args.n_way
-    if config.dataset == "omniglot" and config.algo != "protonet" and n_way != config.n_way:
+    if config.dataset == "omniglot" and algorithm.fixed_ways and n_way != config.n_way:
         raise ValueError(
             f"--n-way {n_way} but this {config.algo} model has a {config.n_way}-way head; "
             f"evaluate with --n-way {config.n_way} or train a {n_way}-way model."
@@ -108,15 +119,34 @@ def _evaluate(args) -> None:
             f"characters overlap the {args.split} test set; evaluate with --split {config.split}."
         )
     data = _omniglot(args.data)
-    sample = task_source(config, args.part, device, n_way=n_way, k_shot=args.k_shot, n_query=args.n_query, data=data)
+    if args.protocol == "lake":
+        from .data import load_omniglot
+        from .evaluate import lake_one_shot_tasks
+
+        if config.dataset != "omniglot" or config.split != "lake":
+            raise ValueError(f"--protocol lake tests on the 20 evaluation alphabets, but this model was meta-trained on "
+                             f"the {config.split} split, which holds some of their characters; train with --split "
+                             "lake (the background alphabets only).")
+        n_way = 20 if args.n_way is None else n_way
+        sample = lake_one_shot_tasks(data if data is not None else load_omniglot(), n_way=n_way, device=device)
+    else:
+        sample = task_source(config, args.part, device, n_way=n_way, k_shot=args.k_shot, n_query=args.n_query,
+                             data=data)
     steps = args.inner_steps if args.inner_steps is not None else config.eval_inner_steps
-    print(json.dumps(evaluate(algorithm, params, sample, tasks=args.tasks, seed=args.seed, inner_steps=steps)))
+    transductive = args.transductive
+    if transductive is None:
+        from .protocols import protocol
+
+        transductive = protocol(config.dataset, config.algo, n_way, config.k_shot).transductive
+    print(json.dumps(evaluate(algorithm, params, sample, tasks=args.tasks, seed=args.seed, inner_steps=steps,
+                              transductive=transductive)))
 
 
 def _classify(args) -> None:
+    from .checkpoints import load_checkpoint
+    from .distributed import pick_device
     from .evaluate import predict_queries
     from .images import load_query_folder, load_support_folder
-    from .train import load_checkpoint, pick_device
 
     device = pick_device(args.device)
     config, algorithm, params = load_checkpoint(args.checkpoint, device)
@@ -124,7 +154,7 @@ def _classify(args) -> None:
         raise ValueError(f"{args.checkpoint} is a {config.dataset} model; classify needs an Omniglot image model.")
     x_support, y_support, names = load_support_folder(args.support)
     x_query, files = load_query_folder(args.query)
-    if config.algo != "protonet" and len(names) != config.n_way:
+    if algorithm.fixed_ways and len(names) != config.n_way:
         raise ValueError(
             f"The support folder has {len(names)} classes but this {config.algo} model is {config.n_way}-way; "
             f"give exactly {config.n_way} class folders, or use a protonet checkpoint (any number of classes)."

@@ -1,18 +1,35 @@
-"""Omniglot: find or download the archives, preprocess once to 28x28, cache, and split."""
+"""Omniglot: find or download the archives, preprocess once to 28x28, cache, and split.
+
+Downloads use urllib and hashlib, not torchvision.datasets.utils, and the package does not depend on
+torchvision: its download_url writes straight to the final file (an interrupted download would
+leave half an archive where this module writes a .part file and renames it), retries a failed
+https download over plain http, and probes redirects with an extra request; extract_archive has
+nothing to do here, because the zip members are read directly. Wrapping it to keep these guarantees
+would take as many lines as it saves, and torchvision must match torch's version exactly.
+
+The vinyals split is the published one: the character lists of jakesnell/prototypical-networks
+(data/omniglot/splits/vinyals, MIT License, Copyright (c) 2017 Jake Snell), shipped in
+fastadapt/splits/ with one Alphabet/characterNN a line (each character is 4 classes, its rotations).
+"""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
+import pickle
 import time
 import urllib.request
 import zipfile
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .checks import one_of
 
 OMNIGLOT_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
 OMNIGLOT_MD5 = {
@@ -21,8 +38,9 @@ OMNIGLOT_MD5 = {
 }
 SUBSETS = ("images_background", "images_evaluation")
 N_DRAWERS = 20
-CACHE_VERSION = 1
-VINYALS_SEED, VINYALS_TRAIN, VINYALS_VAL = 0, 1200, 100
+CACHE_VERSION = 2  # 2: keyed to its source
+PARTS = ("train", "val", "trainval", "test")
+ROTATIONS = ("rot000", "rot090", "rot180", "rot270")  # counter-clockwise quarter turns, as torch.rot90 and PIL
 
 
 class DatasetError(RuntimeError):
@@ -165,8 +183,8 @@ def _to_28(png_bytes: bytes, size: int = 28) -> np.ndarray:
     return 255 - np.asarray(image, dtype=np.uint8)
 
 
-def _read_subset(source: Path, size: int) -> tuple[np.ndarray, list[str], list[str]]:
-    """All images of one subset as (characters, 20, size, size) uint8 with their names."""
+def _read_subset(source: Path, size: int, bar) -> tuple[np.ndarray, list[str], list[str]]:
+    """All images of one subset as (characters, 20, size, size) uint8 with their names; bar counts characters."""
     triples = _members(source)
     characters = sorted({(a, c) for a, c, _ in triples})
     by_character: dict[tuple[str, str], list[str]] = {k: [] for k in characters}
@@ -187,6 +205,7 @@ def _read_subset(source: Path, size: int) -> tuple[np.ndarray, list[str], list[s
                 rel = f"{subset}/{a}/{c}/{f}"
                 data = (source.parent / rel).read_bytes() if archive is None else archive.read(rel)
                 out[i, j] = _to_28(data, size)
+            bar.update(1)
     except (zipfile.BadZipFile, OSError, KeyError) as err:
         raise DatasetError(f"Could not read {source} ({err}); delete it and download it again.") from err
     finally:
@@ -195,16 +214,25 @@ def _read_subset(source: Path, size: int) -> tuple[np.ndarray, list[str], list[s
     return out, [a for a, _ in characters], [f"{a}/{c}" for a, c in characters]
 
 
+def _sources(root: Path) -> dict[str, Path]:
+    """{subset: its folder or zip under root}, or a DatasetError naming the missing one."""
+    sources = {subset: _subset_source(Path(root), subset) for subset in SUBSETS}
+    missing = [subset for subset, source in sources.items() if source is None]
+    if missing:
+        raise DatasetError(f"{' and '.join(missing)} not found in {root}.")
+    return sources
+
+
 def preprocess_omniglot(root: Path, size: int = 28) -> Omniglot:
     """Read both subsets under root into one Omniglot object (background first, then evaluation)."""
     from tqdm import tqdm
 
+    sources = _sources(root)
+    total = sum(len({(a, c) for a, c, _ in _members(source)}) for source in sources.values())  # 1,623 characters
     parts = []
-    for subset in tqdm(SUBSETS, desc="Omniglot: resizing to 28x28", leave=False):
-        source = _subset_source(Path(root), subset)
-        if source is None:
-            raise DatasetError(f"{subset} not found in {root}.")
-        parts.append((subset, *_read_subset(source, size)))
+    with tqdm(total=total, desc="Omniglot: resizing to 28x28", unit="character", leave=False) as bar:
+        for subset, source in sources.items():
+            parts.append((subset, *_read_subset(source, size, bar)))
     images = np.concatenate([p[1] for p in parts])
     background = torch.tensor([p[0] == "images_background" for p in parts for _ in p[2]])
     return Omniglot(
@@ -227,51 +255,94 @@ def save_atomic(obj, path: Path) -> None:
         tmp.unlink(missing_ok=True)  # only left when torch.save or os.replace failed
 
 
+def source_key(root: Path) -> list[list]:
+    """What the cache is keyed to: each subset's resolved path, with size and modification time for an
+    archive, or a hash of its PNG file names for a folder."""
+    key = []
+    for source in _sources(root).values():
+        source = source.resolve()
+        if source.is_dir():
+            names = "\n".join(sorted(str(p.relative_to(source)) for p in source.rglob("*.png")))
+            key.append([str(source), hashlib.sha256(names.encode()).hexdigest()])
+        else:
+            key.append([str(source), source.stat().st_size, source.stat().st_mtime_ns])
+    return key
+
+
+def _damaged(err: Exception) -> bool:
+    """True for the errors of a truncated, emptied or overwritten file (not a permission error or a full disk)."""
+    stream = isinstance(err, RuntimeError) and "PytorchStreamReader" in str(err)  # torch's zip container is broken
+    cut = isinstance(err, OSError) and err.errno == errno.EINVAL  # torch's file reader seeking past a truncated end
+    return stream or cut or isinstance(err, (pickle.UnpicklingError, EOFError, zipfile.BadZipFile))
+
+
+def _read_cache(cache: Path, key: list) -> Omniglot | None:
+    """The cached Omniglot if the file holds this version built from this source; None if missing, stale or damaged."""
+    if not cache.exists():
+        return None
+    try:
+        blob = torch.load(cache, weights_only=True)
+    except Exception as err:
+        if _damaged(err):
+            return None  # rebuilt by the caller
+        raise DatasetError(f"Cannot read the Omniglot cache {cache} ({err}); fix its permissions, or set "
+                           "FASTADAPT_CACHE to a folder you can read and write.") from err
+    if not isinstance(blob, dict) or blob.get("version") != CACHE_VERSION or blob.get("source") != key:
+        return None
+    return Omniglot(blob["images"], blob["alphabets"], blob["characters"], blob["background"])
+
+
 def load_omniglot(root: str | Path | None = None, cache: str | Path | None = None, download: bool = True) -> Omniglot:
-    """Omniglot as a tensor: loaded from the cache file, or preprocessed once and cached."""
+    """Omniglot as a tensor: from the cache file when it was built from the same archives, else preprocessed
+    (about 15 s) and cached."""
     cache = Path(cache) if cache is not None else cache_file()
-    if cache.exists():
+    source = find_omniglot(root, download=download)
+    key = source_key(source)
+    data = _read_cache(cache, key)
+    if data is None:
+        data = preprocess_omniglot(source)
         try:
-            blob = torch.load(cache, weights_only=True)
-            if blob.get("version") == CACHE_VERSION:
-                return Omniglot(blob["images"], blob["alphabets"], blob["characters"], blob["background"])
-        except Exception:
-            pass  # a damaged cache is rebuilt below
-    data = preprocess_omniglot(find_omniglot(root, download=download))
-    save_atomic({"version": CACHE_VERSION, **data.__dict__}, cache)
+            save_atomic({"version": CACHE_VERSION, "source": key, **data.__dict__}, cache)
+        except OSError as err:
+            raise DatasetError(f"Cannot write the Omniglot cache {cache} ({err}); free some disk space (it needs "
+                               "about 26 MB) or set FASTADAPT_CACHE to a writable folder.") from err
     return data
 
 
-def split_characters(data: Omniglot, split: str = "vinyals") -> dict[str, torch.Tensor]:
-    """Class-disjoint character indices {"train", "val", "test"} for the "vinyals" or "lake" split.
+def _split_file(split: str, part: str) -> list[str]:
+    """The character names (Alphabet/characterNN) of one part of a split shipped with the package."""
+    return (resources.files("fastadapt") / "splits" / f"{split}_{part}.txt").read_text().split()
 
-    vinyals: characters in canonical order (background then evaluation, sorted by path) are
-    permuted with torch seed 0; the first 1,200 are meta-training, of which the last 100 are
-    held out as validation (so train has 1,100), and the other 423 are the test set.
-    lake: Lake et al.'s one-shot split. images_background (30 alphabets, 964 characters) is for
-    meta-training, its last 5 alphabets (sorted by name) held out as validation; the 20 alphabets
-    of images_evaluation (659 characters) are the test set.
+
+def split_characters(data: Omniglot, split: str = "vinyals") -> dict[str, torch.Tensor]:
+    """Class-disjoint character indices {"train", "val", "trainval", "test"} for the "vinyals" or "lake" split.
+
+    vinyals: the published lists (Vinyals et al. 2016, as released with Prototypical Networks): 1,028
+    train and 172 val characters (trainval: the 1,200 together) and 423 test characters, in the lists'
+    order. lake: Lake et al.'s one-shot split. images_background (30 alphabets, 964 characters) is
+    trainval, its last 5 alphabets (sorted by name) held out as val; the 20 alphabets of
+    images_evaluation (659 characters) are the test set.
     """
-    n = len(data)
+    one_of("split", split, ("vinyals", "lake"))
     if split == "vinyals":
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(VINYALS_SEED))
-        train_val = order[:VINYALS_TRAIN]
-        return {
-            "train": train_val[: VINYALS_TRAIN - VINYALS_VAL].sort().values,
-            "val": train_val[VINYALS_TRAIN - VINYALS_VAL :].sort().values,
-            "test": order[VINYALS_TRAIN:].sort().values,
-        }
-    if split == "lake":
-        background = data.background.nonzero().squeeze(1)
-        alphabets = sorted({data.alphabets[i] for i in background.tolist()})
-        val_alphabets = set(alphabets[-5:])
-        is_val = torch.tensor([data.alphabets[i] in val_alphabets for i in background.tolist()])
-        return {
-            "train": background[~is_val],
-            "val": background[is_val],
-            "test": (~data.background).nonzero().squeeze(1),
-        }
-    raise ValueError(f"Unknown split {split!r}; choose 'vinyals' or 'lake'.")
+        index = {name: i for i, name in enumerate(data.characters)}
+        names = {part: _split_file("vinyals", part) for part in ("train", "val", "test")}
+        missing = [n for part in names.values() for n in part if n not in index]
+        if missing:
+            raise DatasetError(f"This Omniglot copy lacks {len(missing)} characters of the vinyals split (e.g. "
+                               f"{missing[0]}); it needs the complete images_background and images_evaluation.")
+        parts = {part: torch.tensor([index[n] for n in part_names]) for part, part_names in names.items()}
+        return {**parts, "trainval": torch.cat([parts["train"], parts["val"]])}
+    background = data.background.nonzero().squeeze(1)
+    alphabets = sorted({data.alphabets[i] for i in background.tolist()})
+    val_alphabets = set(alphabets[-5:])
+    is_val = torch.tensor([data.alphabets[i] in val_alphabets for i in background.tolist()])
+    return {
+        "train": background[~is_val],
+        "val": background[is_val],
+        "trainval": background,
+        "test": (~data.background).nonzero().squeeze(1),
+    }
 
 
 def omniglot_classes(
@@ -281,16 +352,27 @@ def omniglot_classes(
     data: Omniglot | None = None,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
-    """Images of one split part as (classes, 20, 1, 28, 28) uint8; with rotations each character
-    becomes 4 classes (0, 90, 180, 270 degrees), the default for the vinyals split."""
-    if part not in ("train", "val", "test"):
-        raise ValueError(f"Unknown part {part!r}; choose 'train', 'val' or 'test'.")
+    """Images of one split part as (classes, 20, 1, 28, 28) uint8. With rotations (the default for the
+    vinyals split) each character becomes 4 classes in a row: 0, 90, 180, 270 degrees counter-clockwise,
+    the order of omniglot_class_names and of the published split files."""
+    one_of("part", part, PARTS)
     data = load_omniglot() if data is None else data
-    index = split_characters(data, split)[part]
-    images = data.images[index].unsqueeze(2)  # (characters, 20, 1, 28, 28)
+    images = data.images[split_characters(data, split)[part]].unsqueeze(2)  # (characters, 20, 1, 28, 28)
     if rotations if rotations is not None else split == "vinyals":
-        images = torch.cat([images.rot90(k, dims=(-2, -1)) for k in range(4)])  # (4 * characters, 20, 1, 28, 28)
+        turns = [images.rot90(k, dims=(-2, -1)) for k in range(4)]
+        images = torch.stack(turns, 1).flatten(0, 1)  # (characters * 4, 20, 1, 28, 28), a character's turns in a row
     return images.to(device)
+
+
+def omniglot_class_names(split: str = "vinyals", part: str = "train", rotations: bool | None = None,
+                         data: Omniglot | None = None) -> list[str]:
+    """Names of the classes of omniglot_classes, in its order: Alphabet/characterNN, plus /rotDDD with rotations."""
+    one_of("part", part, PARTS)
+    data = load_omniglot() if data is None else data
+    names = [data.characters[i] for i in split_characters(data, split)[part].tolist()]
+    if rotations if rotations is not None else split == "vinyals":
+        return [f"{name}/{turn}" for name in names for turn in ROTATIONS]
+    return names
 
 
 def timed_load(**kwargs) -> tuple[Omniglot, float]:

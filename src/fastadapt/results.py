@@ -6,7 +6,8 @@ loads the result instead of retraining. Where to look, in order:
 2. `results/` in the repository that holds the current working directory (found by walking up to the
    folder with pyproject.toml and results/: the book runs notebooks in book/ or in a staging copy);
 3. the cache $FASTADAPT_CACHE/results, downloading the file from the repository on GitHub when it is
-   not there yet (a reader on Colab has the package but not the repository).
+   not there yet and no repository holds the working directory (a reader on Colab has the package but
+   not the repository; inside the repository a missing file simply has not been produced yet).
 A chapter retrains in its quick setting when none of these has the file.
 """
 from __future__ import annotations
@@ -52,11 +53,11 @@ def find_result(relative: str | Path, download: bool = True, base_url: str = RES
     relative = Path(relative)
     if relative.is_absolute() or ".." in relative.parts:
         raise ValueError(f"{relative} must be a path inside results/, like 'omniglot/maml-5w1s.json'.")
-    folders = [os.environ.get("FASTADAPT_RESULTS"), repository_results(), _cache_results()]
-    for folder in folders:
+    repository = repository_results()
+    for folder in (os.environ.get("FASTADAPT_RESULTS"), repository, _cache_results()):
         if folder and (Path(folder) / relative).is_file():
             return Path(folder) / relative
-    if not download:
+    if not download or repository is not None:
         return None
     target = _cache_results() / relative
     try:

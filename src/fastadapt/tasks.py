@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 import torch
 
+from .checks import positive_int
+
 
 class Episode(NamedTuple):
     """A batch of tasks: support set to adapt on, query set to evaluate on."""
@@ -20,19 +22,19 @@ class Episode(NamedTuple):
         return Episode(*(t.to(device, non_blocking=True) for t in self))
 
 
-def make_generator(seed: int | torch.Generator | None) -> torch.Generator:
-    """A CPU generator from a seed (or the generator itself); None is refused to keep runs reproducible."""
+def make_generator(seed: int | torch.Generator | None, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator on `device` (default the CPU) from a seed, or the generator itself; None is refused to keep
+    runs reproducible."""
     if isinstance(seed, torch.Generator):
         return seed
     if seed is None:
         raise ValueError("Pass an explicit seed (an int) or a torch.Generator so episodes are reproducible.")
-    return torch.Generator().manual_seed(int(seed))
+    return torch.Generator(device=device).manual_seed(int(seed))
 
 
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+def episode_seed(seed: int, iteration: int, rank: int = 0) -> int:
+    """The seed of one rank's meta-batch at one iteration: runs are a pure function of (seed, iteration)."""
+    return (seed * 1_000_003 + iteration) * 1_009 + rank
 
 
 class EpisodeSampler:
@@ -40,10 +42,12 @@ class EpisodeSampler:
 
     images: (classes, examples, C, H, W), every class with the same number of examples, or
     (items, C, H, W) together with labels (items,), where classes may differ in size.
-    uint8 images are scaled to [0, 1] floats.
+    uint8 images are scaled to [0, 1] floats. device_generator=True draws the random numbers with a generator
+    on the images' device (a CUDA generator for images on a GPU: no host work or transfer per episode); the
+    episodes are then another (equally distributed) sequence than the CPU generator's.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None, device_generator: bool = False):
         if labels is None:
             if images.dim() < 3:
                 raise ValueError(f"images must be (classes, examples, ...), got shape {tuple(images.shape)}.")
@@ -58,6 +62,9 @@ class EpisodeSampler:
             _, self.counts = torch.unique(labels.cpu(), return_counts=True)
         self.starts = torch.cumsum(self.counts, 0) - self.counts  # (classes,) first item of each class
         self.n_classes = len(self.counts)
+        self.smallest, self.longest = int(self.counts.min()), int(self.counts.max())  # read once, not per episode
+        self.random_device = self.items.device if device_generator else torch.device("cpu")
+        self.counts, self.starts = self.counts.to(self.random_device), self.starts.to(self.random_device)
 
     def sample(
         self,
@@ -69,32 +76,34 @@ class EpisodeSampler:
         rotate: bool = False,
     ) -> Episode:
         """A batch of episodes; labels are 0..n_way-1 in a random class order per task."""
-        _check_positive(tasks=tasks, n_way=n_way, k_shot=k_shot, n_query=n_query)
+        for name, value in dict(tasks=tasks, n_way=n_way, k_shot=k_shot, n_query=n_query).items():
+            positive_int(name, value)
         if n_way > self.n_classes:
             raise ValueError(
                 f"n_way={n_way} but only {self.n_classes} classes are available; choose n_way <= {self.n_classes}."
             )
         shots = k_shot + n_query
-        if shots > int(self.counts.min()):
+        if shots > self.smallest:
             raise ValueError(
                 f"k_shot + n_query = {k_shot} + {n_query} = {shots} but the smallest class has only "
-                f"{int(self.counts.min())} examples; lower k_shot or n_query so they sum to at most that."
+                f"{self.smallest} examples; lower k_shot or n_query so they sum to at most that."
             )
-        generator = make_generator(seed)
+        generator = make_generator(seed, self.random_device)
+        device = generator.device
         # Classes: the n_way largest of a random key per class, per task (a uniform random subset).
-        classes = torch.rand(tasks, self.n_classes, generator=generator).topk(n_way, dim=1).indices  # (tasks, n_way)
+        classes = torch.rand(tasks, self.n_classes, generator=generator, device=device).topk(n_way, dim=1).indices
         counts = self.counts[classes]  # (tasks, n_way)
         # Examples: the first `shots` of a random permutation within each class (ragged classes masked).
-        longest = int(self.counts.max())
-        keys = torch.rand(tasks, n_way, longest, generator=generator)  # (tasks, n_way, longest)
-        keys = keys.masked_fill(torch.arange(longest) >= counts.unsqueeze(-1), 2.0)
+        longest = self.longest
+        keys = torch.rand(tasks, n_way, longest, generator=generator, device=device)  # (tasks, n_way, longest)
+        keys = keys.masked_fill(torch.arange(longest, device=device) >= counts.unsqueeze(-1), 2.0)
         position = keys.argsort(dim=-1)[..., :shots]  # (tasks, n_way, shots)
         index = (self.starts[classes].unsqueeze(-1) + position).to(self.items.device)  # (tasks, n_way, shots)
         x = self.items[index]  # (tasks, n_way, shots, C, H, W)
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
         if rotate:
-            x = rotate_per_class(x, torch.randint(0, 4, (tasks, n_way), generator=generator))
+            x = rotate_per_class(x, torch.randint(0, 4, (tasks, n_way), generator=generator, device=device))
         y = torch.arange(n_way, device=x.device).view(1, n_way, 1)  # (1, n_way, 1)
         x_support = x[:, :, :k_shot].flatten(1, 2)  # (tasks, n_way * k_shot, C, H, W)
         x_query = x[:, :, k_shot:].flatten(1, 2)  # (tasks, n_way * n_query, C, H, W)
@@ -138,7 +147,8 @@ def sample_sinusoids(
     x_range: tuple[float, float] = (-5.0, 5.0),
 ) -> SinusoidTasks:
     """The MAML paper's sinusoid family: amplitude in [0.1, 5], phase in [0, pi], x uniform in [-5, 5]."""
-    _check_positive(tasks=tasks, k_shot=k_shot, n_query=n_query)
+    for name, value in dict(tasks=tasks, k_shot=k_shot, n_query=n_query).items():
+        positive_int(name, value)
     generator = make_generator(seed)
 
     def uniform(shape, low, high):

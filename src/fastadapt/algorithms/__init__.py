@@ -1,6 +1,7 @@
 """Meta-learning algorithms, all on the functional core; build one with make_algorithm."""
 from __future__ import annotations
 
+from ..checks import one_of
 from .anil import ANIL
 from .base import MetaLearner
 from .maml import FOMAML, MAML
@@ -13,8 +14,7 @@ ALGORITHMS = {"maml": MAML, "fomaml": FOMAML, "reptile": Reptile, "anil": ANIL, 
 
 def make_algorithm(name: str, model, **settings) -> MetaLearner:
     """An algorithm by name ("maml", "fomaml", "reptile", "anil", "metasgd", "protonet")."""
-    if name not in ALGORITHMS:
-        raise ValueError(f"Unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}.")
+    one_of("algorithm", name, ALGORITHMS)
     return ALGORITHMS[name](model, **settings)
 
 
