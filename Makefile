@@ -1,16 +1,25 @@
 # Two commands do everything on a fresh machine:
-#   make book   set up .venv, execute every notebook, build the HTML book into _build/html
-#   make test   set up .venv if missing, run the unit tests and every notebook (nbmake)
+#   make book   set up .venv, execute the notebooks that changed (execution cache) in the full reader
+#               setting, build the HTML book strictly (-W) into _build/html
+#   make test   set up .venv (and Debian's chromium) if missing; unit tests; every notebook executed once
+#               in the quick setting (nbmake); the quick book built from those executions; the browser test
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+JB     := $(VENV)/bin/jupyter-book
+# The staged copy of the book that `make test` executes and builds (not under _build/: nbmake skips
+# every notebook with a `_build` folder in its path).
+QUICK  := _quickbook
 # Use the local Omniglot copy when it exists; otherwise fastadapt downloads the official archives.
 SHARED_DATA := $(abspath ../shared/data/omniglot)
 ifneq ($(wildcard $(SHARED_DATA)/images_background.zip),)
 export FASTADAPT_DATA ?= $(SHARED_DATA)
 endif
+# apt-get needs root; use sudo when not root and sudo exists.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
-.PHONY: book test venv bench clean
+.PHONY: book test test-unit test-notebooks quick-book test-browser venv chromium bench clean
 
 venv: $(VENV)/.installed
 
@@ -22,17 +31,42 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
+# Debian's Chromium for the browser test (Playwright drives it; never `playwright install`).
+chromium:
+	@[ -x /usr/bin/chromium ] || { echo "installing Debian's chromium for the browser test"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+# The full reader setting (FASTADAPT_QUICK unset). Notebooks run through jupyter-cache
+# (_build/.jupyter_cache): only a notebook whose code changed is executed again; `rm -rf _build` to
+# re-execute everything (e.g. after new results/ or a package change). --all re-reads every page so
+# that -W sees every warning, not only those of changed pages.
 book: venv
-	$(VENV)/bin/jupyter-book build . --all --keep-going
+	env -u FASTADAPT_QUICK $(JB) build . -W --all
 	@echo "The book is at file://$(abspath _build/html/index.html)"
 
-test: venv
-	FASTADAPT_QUICK=1 $(VENV)/bin/pytest -q tests
-	FASTADAPT_QUICK=1 $(VENV)/bin/pytest -q --nbmake --nbmake-timeout=600 book
+test: test-unit test-browser
+
+# Unit tests and the static notebook checks (tests/test_notebooks.py); the browser test is separate.
+test-unit: venv
+	FASTADAPT_QUICK=1 $(PYTEST) -q -n 2 tests --ignore=tests/book
+
+# Every notebook executed once, quick setting, on a staged copy; nbmake writes the outputs back into it.
+test-notebooks: venv
+	$(PY) scripts/build_book.py stage --dest $(QUICK)
+	FASTADAPT_QUICK=1 $(PYTEST) -q -n 2 -p no:cacheprovider --nbmake --nbmake-timeout=300 --overwrite \
+	  --durations=0 $(QUICK)/book
+
+# The quick book, built (strictly, execution off) from the notebooks nbmake executed.
+quick-book: test-notebooks
+	$(JB) build $(QUICK) -W --all
+
+# Every page of the quick book in headless Chromium, at desktop and phone width; screenshots in _build/screenshots/.
+test-browser: chromium quick-book
+	FASTADAPT_BOOK_HTML=$(QUICK)/_build/html $(PYTEST) -q -p no:cacheprovider tests/book
 
 bench: venv
 	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_algorithms.py
 
 clean:
-	rm -rf _build
+	rm -rf _build $(QUICK)
