@@ -9,6 +9,8 @@
   preloads) or ``<img src>`` / ``<iframe src>`` that points at another host is a build error. Ordinary
   links (``<a href>``: the launch and repository buttons) are not fetched when a page is viewed and
   are allowed.
+- The book's own stylesheet, ``scripts/book_static/fastadapt.css`` (long inline code may wrap on a phone),
+  is served from ``_static/`` and linked from every page.
 
 The browser test (tests/book/) checks the same thing where it matters, in Chromium.
 """
@@ -107,8 +109,15 @@ def check_offline(app: Sphinx, exception: Exception | None) -> None:
         )
 
 
+def add_book_static(app: Sphinx) -> None:
+    """Serve scripts/book_static/ (the book's own CSS) from _static/, next to the theme's files."""
+    app.config.html_static_path.append(str(Path(__file__).parent / "book_static"))
+
+
 def setup(app: Sphinx) -> dict:
     mathjax_source()  # fail early, before any notebook runs, when MathJax is not installed
+    app.connect("builder-inited", add_book_static)
+    app.add_css_file("fastadapt.css")
     # Registered in this order: copy first, then check the finished site.
     app.connect("build-finished", copy_mathjax)
     app.connect("build-finished", check_offline)
