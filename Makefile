@@ -19,7 +19,7 @@ endif
 # apt-get needs root; use sudo when not root and sudo exists.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
-.PHONY: book test test-unit test-notebooks quick-book test-browser venv chromium bench clean
+.PHONY: book test test-unit test-notebooks quick-book test-browser venv chromium bench reproduce clean
 
 venv: $(VENV)/.installed
 
@@ -67,6 +67,12 @@ test-browser: chromium quick-book
 bench: venv
 	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_algorithms.py
+
+# The Omniglot table at the papers' protocols: continue every unfinished cell for BUDGET minutes of wall
+# time (scripts/reproduce.py; results in results/omniglot/). Example: make reproduce BUDGET=300
+BUDGET ?= 60
+reproduce: venv
+	$(PY) scripts/reproduce.py --all --budget-minutes $(BUDGET)
 
 clean:
 	rm -rf _build $(QUICK)
