@@ -58,6 +58,7 @@ def test_train_from_scratch_regression_and_a_task_does_not_depend_on_its_batch()
 def test_meta_learned_loads_a_committed_cell_and_falls_back_to_training(tmp_path, monkeypatch, omniglot):
     monkeypatch.setenv("FASTADAPT_RESULTS", str(tmp_path))
     monkeypatch.setenv("FASTADAPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # outside the repository, whose committed results/omniglot would be found next
     small = dict(meta_batch_size=2, n_query=1)
     trained = meta_learned("protonet", 5, 1, iterations=2, data=omniglot, download=False, **small)
     assert trained.source == "trained here" and trained.iterations_done == 2 and trained.complete
