@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,20 +27,11 @@ from pathlib import Path
 import torch
 
 import fastadapt
+from fastadapt.results import source_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def git_commit() -> str:
-    """HEAD of this repository, with "-dirty" when the working tree has changes, or "unknown"."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=ROOT, check=True).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def nested_class_subsets(names: list[str], sizes: list[int], seed: int) -> dict[int, torch.Tensor]:
@@ -160,7 +150,7 @@ def main() -> None:
             "all_classes": images.shape[0], "settings": settings, "subsets": rows,
             "complete": len(rows) == len(subsets), "device": str(device),
             "cpu_threads": torch.get_num_threads(), "wall_time_s": round(spent + time.perf_counter() - started, 1),
-            "commit": git_commit(),
+            "commit": source_commit(ROOT, (".",)),
             "command": shlex.join([Path(sys.executable).name, os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
         }
         for path, obj in ((curves_path, curves), (result_path, result)):  # curves first: the JSON names them done

@@ -24,7 +24,6 @@ import dataclasses
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 import torch
 
 import fastadapt
+from fastadapt.results import source_commit
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "book" / "03_meta_optimization.ipynb"
@@ -54,16 +54,6 @@ def experiment(notebook: Path = NOTEBOOK) -> tuple[callable, str]:
     return namespace["short_budget_run"], hashlib.sha256(source.encode()).hexdigest()
 
 
-def commit() -> str:
-    """The repository's commit, with '+changes' when the working tree differs from it."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "book/03_meta_optimization.ipynb"],
-                               cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+changes" if dirty else "")
 
 
 def main() -> None:
@@ -93,7 +83,7 @@ def main() -> None:
             "algorithms": list(ALGORITHMS), "runs": {algo: {} for algo in ALGORITHMS},
             "classes": {part: len(fastadapt.omniglot_classes("vinyals", part, data=data)) for part in ("train", "test")},
             "device": str(device), "torch": torch.__version__, "fastadapt": fastadapt.__version__,
-            "python": platform.python_version(), "commit": commit(),
+            "python": platform.python_version(), "commit": source_commit(ROOT, ("src", "book/03_meta_optimization.ipynb")),
             "command": (f"python scripts/metaopt_short_budget.py --replicates {args.replicates} "
                         f"--iterations {args.iterations} --test-tasks {args.test_tasks}"),
             "source": f"book/03_meta_optimization.ipynb, code cell tagged {TAG}", "source_sha256": cell_sha256,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,19 +29,13 @@ from pathlib import Path
 import torch
 
 import fastadapt
+from fastadapt.results import source_commit
 from fastadapt.baselines import pretrain_classifier, save_pretrained
 from fastadapt.data import cache_dir, save_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def git_commit() -> str:
-    """The current commit of this repository, or "unknown"."""
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
@@ -119,7 +112,7 @@ def main() -> None:
             "epochs_done": round(done * args.batch_size / (images.shape[0] * images.shape[1]), 2),
             "final_loss": record["loss"], "history": history,
             "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-            "wall_time_s": round(elapsed, 1), "commit": git_commit(), "command": command,
+            "wall_time_s": round(elapsed, 1), "commit": source_commit(ROOT, ("src",)), "command": command,
             "run": f"baselines/{name}",
         }
         (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")

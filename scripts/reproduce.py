@@ -113,16 +113,6 @@ def job_config(job: Job, settings: dict):
     return replace(config, **settings)
 
 
-def git_commit() -> str:
-    """The current commit of this repository, with -dirty when the working tree has changes; or "unknown"."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True,
-                               cwd=ROOT).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def progress_of(config, blob: dict | None) -> tuple[int, int, bool]:
@@ -184,6 +174,7 @@ def write_cell(cell: Cell, job: Job, config, results: dict, blob: dict, results_
                command: str, settings: dict) -> dict:
     """Write results/omniglot/<cell>.json."""
     from fastadapt import protocol
+    from fastadapt.results import source_commit
 
     row = protocol("omniglot", cell.algo, cell.n_way, cell.k_shot)
     headline = results["transductive" if cell.protocol == "table" and row.transductive else "non_transductive"]
@@ -201,7 +192,7 @@ def write_cell(cell: Cell, job: Job, config, results: dict, blob: dict, results_
         "iterations_done": done, "iterations_total": total, "complete": complete,
         "device": device_name(device), "wall_time_s": round(blob.get("time_s", 0.0) + eval_s, 1),
         "train_time_s": round(blob.get("time_s", 0.0), 1), "eval_time_s": round(eval_s, 1),
-        "commit": git_commit(), "command": command, "run": f"omniglot/runs/{job.name}",
+        "commit": source_commit(ROOT, ("src",)), "command": command, "run": f"omniglot/runs/{job.name}",
     }
     if len(results) > 1:
         out.update(results)

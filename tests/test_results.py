@@ -53,3 +53,28 @@ def test_no_download_inside_a_repository(tmp_path, monkeypatch):
 def test_paths_outside_results_are_refused():
     with pytest.raises(ValueError, match="inside results/"):
         results.find_result("../secrets.json")
+
+
+def test_source_commit_is_head_and_marks_changes_to_the_watched_paths(tmp_path):
+    """Against git itself, in a fresh repository: HEAD's hash, "-dirty" only when a watched path changed."""
+    import subprocess
+
+    from fastadapt.results import source_commit
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+
+    assert source_commit(tmp_path) == "unknown"  # not a repository yet
+    git("init", "-q")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("x = 1\n")
+    (tmp_path / "notes.txt").write_text("a\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
+    head = git("rev-parse", "HEAD")
+    assert source_commit(tmp_path) == head
+    (tmp_path / "notes.txt").write_text("b\n")  # outside the watched paths
+    assert source_commit(tmp_path) == head
+    assert source_commit(tmp_path, (".",)) == head + "-dirty"
+    (tmp_path / "src" / "a.py").write_text("x = 2\n")
+    assert source_commit(tmp_path) == head + "-dirty"

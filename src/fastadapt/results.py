@@ -29,6 +29,22 @@ def repository_results(start: str | Path | None = None) -> Path | None:
     return None
 
 
+def source_commit(root: str | Path, paths: tuple[str, ...] = ("src",)) -> str:
+    """The git commit of the repository at root, with "-dirty" when `paths` have uncommitted changes; "unknown"
+    outside a git checkout. Scripts that write results/ record it as the result's provenance."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=root, check=True).stdout.strip()
+
+    try:
+        head = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", *paths)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
 def _cache_results() -> Path:
     from .data import cache_dir
 

@@ -9,14 +9,17 @@ import json
 import math
 import signal
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+from torch.func import grad_and_value
 
 from .algorithms import MetaLearner
+from .algorithms.base import metrics as metrics_of
 from .checkpoints import Run, Selection, fresh_run, save_checkpoint, start_run, truncate_metrics
 from .config import TrainConfig, task_source
+from .core import batched_loss
 from .distributed import average_across_processes, pick_device, process_group
 from .tasks import Episode, episode_seed
 
@@ -30,13 +33,6 @@ def functional_meta_gradient(algorithm: MetaLearner):
     tasks, inner gradients by torch.func.grad, the outer one by grad_and_value), which torch.compile can capture
     whole, second order included. For the algorithms whose meta-gradient is the gradient of the query loss
     (MAML, first-order MAML, ANIL, Meta-SGD); Reptile and ProtoNets keep their own meta_gradient."""
-    from dataclasses import replace
-
-    from torch.func import grad_and_value
-
-    from .algorithms.base import metrics as metrics_of
-    from .core import batched_loss
-
     if type(algorithm).meta_gradient is not MetaLearner.meta_gradient:
         raise ValueError(f"{algorithm.name} has its own meta_gradient; only MAML-family algorithms have a functional one.")
     vectorized = replace(algorithm, vectorize=True)
